@@ -1,0 +1,17 @@
+"""Build script for the C++ dataset helpers (pybind11).
+
+The helper is compiled by ``pip install -e .``; torch is not needed to build it.
+"""
+from pybind11.setup_helpers import Pybind11Extension, build_ext
+from setuptools import setup
+
+ext_modules = [
+    Pybind11Extension(
+        "megatron.core.datasets.helpers_cpp",
+        ["megatron/core/datasets/helpers.cpp"],
+        cxx_std=17,
+        extra_compile_args=["-O3"],
+    ),
+]
+
+setup(ext_modules=ext_modules, cmdclass={"build_ext": build_ext})
