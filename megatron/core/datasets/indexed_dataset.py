@@ -393,6 +393,12 @@ class IndexedDataset(_DatasetReader):
             for path in (get_idx_path(path_prefix), get_bin_path(path_prefix)):
                 _warmup_file(path)
 
+
+    @property
+    def mmap(self):
+        """True when the .bin is memory-mapped (False: read with file seeks)."""
+        return self._mmap
+
     def _open(self):
         idx_path, bin_path = get_idx_path(self._prefix), get_bin_path(self._prefix)
         idx_size, (code, n, d) = _read_header(

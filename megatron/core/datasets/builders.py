@@ -1,0 +1,198 @@
+"""Train/valid/test datasets from ``--data-path`` (single, weighted blend, or per split)."""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from megatron.core.datasets.blended_dataset import BlendedDataset
+from megatron.core.datasets.splits import (
+    DEFAULT_SPLIT,
+    SPLIT_NAMES,
+    blended_num_samples,
+    parse_data_path,
+    parse_split,
+    split_boundaries,
+)
+
+DATASET_TYPES = ("gpt", "bert", "t5", "ict")
+
+
+@dataclasses.dataclass
+class DatasetConfig:
+    """What the training layer's data flags say about building datasets."""
+
+    dataset_type: str
+    """One of gpt, bert, t5, ict."""
+    seq_length: int
+    """--seq-length (the encoder length for T5)."""
+    seed: int = 1234
+    """--seed; also the index-building seed, so it must be > 0 for BERT/T5/ICT."""
+    split: str = DEFAULT_SPLIT
+    """--split, as weights over documents (sequences for GPT)."""
+    masked_lm_prob: float = 0.15
+    """--mask-prob."""
+    short_seq_prob: float = 0.1
+    """--short-seq-prob."""
+    binary_head: bool = True
+    """False with --bert-no-binary-head."""
+    decoder_seq_length: Optional[int] = None
+    """--decoder-seq-length (T5)."""
+    query_in_block_prob: float = 0.1
+    """--query-in-block-prob (ICT)."""
+    use_one_sent_docs: bool = False
+    """--use-one-sent-docs (ICT)."""
+    titles_data_path: Optional[str] = None
+    """--titles-data-path (ICT): one title per document of the body dataset."""
+    cache_dir: Optional[str] = None
+    """Where index caches go; next to the data when None."""
+
+    def __post_init__(self):
+        if self.dataset_type not in DATASET_TYPES:
+            raise ValueError(f"dataset type must be one of {DATASET_TYPES}, got {self.dataset_type!r}")
+        if self.seq_length <= 1:
+            raise ValueError(f"--seq-length must be > 1, got {self.seq_length}")
+        if self.dataset_type != "gpt" and self.seed <= 0:
+            raise ValueError(f"--seed must be > 0 for {self.dataset_type} index building, got {self.seed}")
+        parse_split(self.split)
+        if self.dataset_type == "t5" and not self.decoder_seq_length:
+            raise ValueError("T5 needs --decoder-seq-length")
+        if self.dataset_type == "ict" and not self.titles_data_path:
+            raise ValueError("ICT needs --titles-data-path")
+
+
+def open_indexed_dataset(prefix: str):
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+    if not IndexedDataset.exists(prefix):
+        raise FileNotFoundError(f"--data-path {prefix}: no {prefix}.bin / {prefix}.idx found")
+    return IndexedDataset(prefix)
+
+
+def _build_one(config: DatasetConfig, prefix: str, indexed, name: str, bounds: Tuple[int, int],
+               num_samples: int, tokenizer, barrier_groups):
+    start, end = bounds
+    if num_samples == 0:
+        return None
+    common = dict(cache_dir=config.cache_dir, barrier_groups=barrier_groups)
+    if config.dataset_type == "gpt":
+        from megatron.core.datasets.gpt_dataset import GPTDataset
+
+        documents = np.arange(start, end, dtype=np.int32)
+        return GPTDataset(name, prefix, documents, indexed, num_samples, config.seq_length,
+                          config.seed, **common)
+    if config.dataset_type == "bert":
+        from megatron.core.datasets.bert_dataset import BertDataset
+
+        return BertDataset(name, indexed, prefix, None, num_samples, config.masked_lm_prob,
+                           config.seq_length, config.short_seq_prob, config.seed,
+                           config.binary_head, tokenizer, document_range=bounds, **common)
+    if config.dataset_type == "t5":
+        from megatron.core.datasets.t5_dataset import T5Dataset
+
+        return T5Dataset(name, indexed, prefix, None, num_samples, config.masked_lm_prob,
+                         config.seq_length, config.decoder_seq_length, config.short_seq_prob,
+                         config.seed, tokenizer, document_range=bounds, **common)
+    from megatron.core.datasets.ict_dataset import ICTDataset
+
+    titles = open_indexed_dataset(config.titles_data_path)
+    return ICTDataset(name, indexed, titles, prefix, None, num_samples, config.seq_length,
+                      config.query_in_block_prob, config.seed, tokenizer,
+                      use_one_sent_docs=config.use_one_sent_docs, document_range=bounds, **common)
+
+
+def _num_units(config: DatasetConfig, indexed) -> int:
+    # GPT splits sequences (each is a document for GPT); the others split documents.
+    if config.dataset_type == "gpt":
+        return len(indexed.sizes)
+    return len(indexed.doc_idx) - 1
+
+
+def _split_datasets(config, prefix, split, nums, names, tokenizer, barrier_groups):
+    indexed = open_indexed_dataset(prefix)
+    bounds = split_boundaries(split, _num_units(config, indexed))
+    # Checked for every split before any index is built, so a bad --split fails fast.
+    for i in range(3):
+        if nums[i] and bounds[i + 1] <= bounds[i]:
+            raise ValueError(f"{prefix}: the {names[i]} split of --split {split} is empty "
+                             f"({bounds[-1]} documents) but {nums[i]} {names[i]} samples are needed")
+    return [_build_one(config, prefix, indexed, names[i], (bounds[i], bounds[i + 1]), nums[i],
+                       tokenizer, barrier_groups) for i in range(3)]
+
+
+def _dataset_tokens(prefix: str) -> int:
+    return int(np.sum(open_indexed_dataset(prefix).sizes, dtype=np.int64))
+
+
+def _blend(config, data_path, split, nums, names, tokenizer, barrier_groups):
+    prefixes, weights = parse_data_path(data_path)
+    if len(prefixes) == 1:
+        return _split_datasets(config, prefixes[0], split, nums, names, tokenizer, barrier_groups)
+    if config.dataset_type == "ict":
+        raise ValueError("ICT takes a single --data-path prefix (its titles come from --titles-data-path)")
+    if weights is None:
+        # A bare prefix list weights each dataset by its number of tokens.
+        tokens = np.array([_dataset_tokens(p) for p in prefixes], dtype=np.float64)
+        weights = list(tokens / tokens.sum())
+    per_dataset = [blended_num_samples(n, weights) for n in nums]
+    parts = [
+        _split_datasets(config, prefix, split, [per_dataset[s][d] for s in range(3)], names,
+                        tokenizer, barrier_groups)
+        for d, prefix in enumerate(prefixes)
+    ]
+    blends = []
+    for s in range(3):
+        if nums[s] == 0:
+            blends.append(None)
+            continue
+        datasets = [parts[d][s] for d in range(len(prefixes))]
+        kept = [(ds, w, p) for ds, w, p in zip(datasets, weights, prefixes) if ds is not None]
+        blends.append(BlendedDataset(
+            [k[0] for k in kept], [k[1] for k in kept], nums[s], name=names[s],
+            descriptions=[f"{config.dataset_type}:{k[2]}:{names[s]}:{len(k[0])}" for k in kept],
+            cache_dir=config.cache_dir or _common_dir(prefixes), barrier_groups=barrier_groups))
+    return blends
+
+
+def _common_dir(prefixes: Sequence[str]) -> str:
+    return os.path.dirname(os.path.abspath(prefixes[0]))
+
+
+def build_train_valid_test_datasets(config: DatasetConfig,
+                                    train_valid_test_num_samples: Sequence[int],
+                                    tokenizer=None, data_path: Optional[Sequence[str]] = None,
+                                    train_data_path: Optional[Sequence[str]] = None,
+                                    valid_data_path: Optional[Sequence[str]] = None,
+                                    test_data_path: Optional[Sequence[str]] = None,
+                                    barrier_groups: Optional[Sequence] = None) -> List:
+    """[train, valid, test]; a split asked for 0 samples is None.
+
+    Either ``data_path`` (carved by ``config.split``) or per-split paths, each used whole.
+    Every path list is ``prefix``, ``w1 p1 w2 p2 ...`` or a bare prefix list.
+    """
+    nums = [int(n) for n in train_valid_test_num_samples]
+    if len(nums) != 3 or min(nums) < 0:
+        raise ValueError(f"need three non-negative sample counts, got {train_valid_test_num_samples}")
+    if config.dataset_type in ("bert", "t5", "ict") and tokenizer is None:
+        raise ValueError(f"{config.dataset_type} datasets need a tokenizer")
+    per_split = (train_data_path, valid_data_path, test_data_path)
+    if data_path:
+        if any(per_split):
+            raise ValueError("give either --data-path or --train/valid/test-data-path, not both")
+        return _blend(config, data_path, config.split, nums, SPLIT_NAMES, tokenizer, barrier_groups)
+    if not any(per_split):
+        raise ValueError("no data: give --data-path or --train-data-path/--valid-data-path/--test-data-path")
+    result = []
+    for s, path in enumerate(per_split):
+        if nums[s] and not path:
+            raise ValueError(f"{nums[s]} {SPLIT_NAMES[s]} samples are needed but --{SPLIT_NAMES[s]}-data-path is missing")
+        if not path or nums[s] == 0:
+            result.append(None)
+            continue
+        only = [0, 0, 0]
+        only[0] = nums[s]
+        names = (SPLIT_NAMES[s],) * 3
+        result.append(_blend(config, path, "1,0,0", only, names, tokenizer, barrier_groups)[0])
+    return result
