@@ -1,0 +1,95 @@
+"""The ICT biencoder: a query tower and a context tower (separate or shared), each a BERT encoder
+whose ``[CLS]`` output, optionally projected, is the embedding used for retrieval.
+
+State-dict names follow Megatron-LM: ``query_model`` / ``context_model`` (or ``shared_model``),
+each holding ``language_model`` and, with a projection, ``projection_enc``. The towers are
+tensor-parallel; like Megatron-LM's, the biencoder runs on a single pipeline stage.
+"""
+from typing import Dict, Optional, Tuple
+
+import torch
+from torch import nn
+
+from megatron.core.models.bert import bert_extended_attention_mask
+from megatron.core.models.language_model import TransformerLanguageModel, replicated_linear
+from megatron.core.parallel_state import ProcessGroups, get_process_groups
+from megatron.core.tensor_parallel import gather_from_sequence_parallel_region
+from megatron.core.transformer import AttnMaskType, TransformerConfig
+
+
+class PretrainedBertModel(nn.Module):
+    """A BERT encoder returning the (projected) ``[CLS]`` hidden state ``[b, h or projection_dim]``."""
+
+    def __init__(self, config: TransformerConfig, vocab_size: int, max_sequence_length: int,
+                 num_tokentypes: int = 2, projection_dim: int = 0, pg: Optional[ProcessGroups] = None):
+        super().__init__()
+        self.pg = pg if pg is not None else get_process_groups()
+        self.config = config
+        self.language_model = TransformerLanguageModel(
+            config, vocab_size, max_sequence_length, AttnMaskType.padding, num_tokentypes=num_tokentypes,
+            pre_process=True, post_process=True, pg=self.pg)
+        self.projection_dim = projection_dim
+        if projection_dim > 0:
+            self.projection_enc = replicated_linear(config.hidden_size, projection_dim, config)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                tokentype_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
+        hidden = self.language_model(input_ids, None, bert_extended_attention_mask(attention_mask),
+                                     tokentype_ids=tokentype_ids)  # [s(/tp), b, h]
+        if self.config.sequence_parallel and self.pg.tensor_model_parallel_size > 1:
+            hidden = gather_from_sequence_parallel_region(hidden, self.pg.tp, tensor_parallel_output_grad=False)
+        pooled = hidden[0]  # [CLS]: [b, h]
+        if self.projection_dim > 0:
+            pooled = self.projection_enc(pooled)
+        return pooled
+
+
+class BiEncoderModel(nn.Module):
+    def __init__(self, config: TransformerConfig, vocab_size: int, max_sequence_length: int,
+                 num_tokentypes: int = 2, projection_dim: int = 0, shared_query_context_model: bool = False,
+                 pg: Optional[ProcessGroups] = None):
+        super().__init__()
+        self.pg = pg if pg is not None else get_process_groups()
+        if self.pg.pipeline_model_parallel_size != 1:
+            raise ValueError(
+                f"BiEncoderModel runs on one pipeline stage; got pipeline_model_parallel_size "
+                f"{self.pg.pipeline_model_parallel_size}")
+        self.shared_query_context_model = shared_query_context_model
+
+        def tower():
+            return PretrainedBertModel(config, vocab_size, max_sequence_length, num_tokentypes, projection_dim, self.pg)
+
+        if shared_query_context_model:
+            self.shared_model = tower()
+        else:
+            self.query_model = tower()
+            self.context_model = tower()
+
+    def set_input_tensor(self, input_tensor) -> None:
+        """The schedules' hook; a single-stage model never receives activations."""
+        received = input_tensor if isinstance(input_tensor, (list, tuple)) else [input_tensor]
+        if any(t is not None for t in received):
+            raise ValueError("BiEncoderModel runs on one pipeline stage and cannot take received activations")
+
+    def towers(self) -> Tuple[PretrainedBertModel, PretrainedBertModel]:
+        if self.shared_query_context_model:
+            return self.shared_model, self.shared_model
+        return self.query_model, self.context_model
+
+    def forward(self, query_tokens: torch.Tensor, query_attention_mask: torch.Tensor,
+                query_types: Optional[torch.Tensor], context_tokens: torch.Tensor,
+                context_attention_mask: torch.Tensor, context_types: Optional[torch.Tensor]):
+        query_tower, context_tower = self.towers()
+        query_logits = query_tower(query_tokens, query_attention_mask, query_types)
+        context_logits = context_tower(context_tokens, context_attention_mask, context_types)
+        return query_logits, context_logits
+
+    def init_from_bert_state_dict(self, bert_state_dict: Dict[str, torch.Tensor]) -> None:
+        """Start both towers from a BERT model's embedding and encoder (pooler and heads are dropped)."""
+        prefix = "language_model."
+        encoder_state = {key[len(prefix):]: value for key, value in bert_state_dict.items()
+                         if key.startswith(prefix) and not key.startswith(prefix + "pooler.")}
+        if not encoder_state:
+            raise ValueError("the BERT state dict has no 'language_model.' entries to initialise the biencoder from")
+        for model in {id(t): t for t in self.towers()}.values():
+            model.language_model.load_state_dict(encoder_state, strict=True)

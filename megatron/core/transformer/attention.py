@@ -1,0 +1,173 @@
+"""Tensor-parallel self- and cross-attention.
+
+Heads are split across tensor-parallel ranks: the fused QKV projection is column-parallel, the
+output projection row-parallel, so a whole attention block needs one all-reduce in forward and
+one in backward. Inside the block tensors are ``[s, b, h]``.
+
+Fused QKV rows are ordered per head, ``[heads, 3, head_dim]`` (Megatron checkpoint version
+>= 2.0), so a contiguous slice of rows is a contiguous group of whole heads and the released
+checkpoints load without permutation.
+"""
+import contextlib
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from megatron.core.fusions import masked_softmax
+from megatron.core.parallel_state import ProcessGroups, get_process_groups
+from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear, checkpoint, get_rng_tracker
+from megatron.core.transformer.config import TransformerConfig
+from megatron.core.transformer.enums import AttnMaskType, AttnType
+from megatron.core.utils import divide
+
+
+class RotaryEmbedding(nn.Module):
+    """Rotary position embedding frequencies for the first ``rotary_percent`` of each head."""
+
+    def __init__(self, kv_channels: int, rotary_percent: float = 1.0, base: float = 10000.0):
+        super().__init__()
+        dim = int(kv_channels * rotary_percent)
+        if dim % 2 != 0 or dim == 0:
+            raise ValueError(f"rotary dimension {dim} (kv_channels {kv_channels} x rotary_percent {rotary_percent}) must be even and > 0")
+        self.dim = dim
+        self.register_buffer("inv_freq", 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim)), persistent=False)
+
+    def forward(self, seq_length: int) -> torch.Tensor:
+        positions = torch.arange(seq_length, dtype=torch.float32, device=self.inv_freq.device)
+        freqs = torch.outer(positions, self.inv_freq)
+        return torch.cat((freqs, freqs), dim=-1)[:, None, None, :]  # [s, 1, 1, dim]
+
+
+def apply_rotary_pos_emb(t: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
+    """Rotate the first ``freqs.shape[-1]`` channels of ``t`` ([s, b, np, hn]) by position."""
+    dim = freqs.shape[-1]
+    rot, rest = t[..., :dim], t[..., dim:]
+    half = dim // 2
+    rotated_half = torch.cat((-rot[..., half:], rot[..., :half]), dim=-1)
+    cos, sin = freqs.cos().to(t.dtype), freqs.sin().to(t.dtype)
+    return torch.cat((rot * cos + rotated_half * sin, rest), dim=-1)
+
+
+def build_attention_mask(attention_mask: Optional[torch.Tensor], attn_mask_type: AttnMaskType,
+                         sq: int, sk: int, device) -> Optional[torch.Tensor]:
+    """One boolean mask (True = masked) from the caller's mask and the causal structure."""
+    if attn_mask_type == AttnMaskType.causal:
+        causal = torch.ones(sq, sk, dtype=torch.bool, device=device).triu(diagonal=1)[None, None]
+        return causal if attention_mask is None else (attention_mask | causal)
+    return attention_mask
+
+
+class CoreAttention(nn.Module):
+    """softmax(QK^T / sqrt(d)) V for this rank's heads. No parameters."""
+
+    def __init__(self, config: TransformerConfig, layer_number: int, attn_mask_type: AttnMaskType,
+                 pg: ProcessGroups):
+        super().__init__()
+        self.config = config
+        self.attn_mask_type = attn_mask_type
+        self.dropout_p = config.attention_dropout
+        self.softmax_in_fp32 = config.attention_softmax_in_fp32
+        # Query-key layer scaling divides the scores by the layer number before they can overflow
+        # fp16 and multiplies it back inside the fp32 softmax; the result is mathematically unchanged.
+        self.coeff = float(max(1, layer_number)) if config.apply_query_key_layer_scaling else 1.0
+        self.norm_factor = math.sqrt(config.kv_channels) * self.coeff
+
+    def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                attention_mask: Optional[torch.Tensor]) -> torch.Tensor:
+        # query [sq, b, np, hn]; key, value [sk, b, np, hn]
+        sq, b, np_, hn = query.shape
+        sk = key.shape[0]
+        mask = build_attention_mask(attention_mask, self.attn_mask_type, sq, sk, query.device)
+        if self.config.attention_backend == "sdpa":
+            plain_causal = self.attn_mask_type == AttnMaskType.causal and attention_mask is None and sq == sk
+            context = self._sdpa(query, key, value, None if plain_causal else mask, plain_causal)
+        else:
+            context = self._unfused(query, key, value, mask)
+        return context.reshape(sq, b, np_ * hn)  # [sq, b, np * hn]
+
+    def _sdpa(self, query, key, value, mask, is_causal):
+        q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))  # [b, np, s, hn]
+        attn_mask = None
+        if mask is not None:
+            # Additive -10000 rather than a boolean mask, matching the explicit path instead of
+            # producing NaN for fully masked rows (padding queries).
+            attn_mask = torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill(mask, -10000.0)
+        dropout_p = self.dropout_p if self.training else 0.0
+        with get_rng_tracker().fork() if dropout_p > 0 else contextlib.nullcontext():
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal)
+        return out.permute(2, 0, 1, 3)  # [sq, b, np, hn]
+
+    def _unfused(self, query, key, value, mask):
+        sq, b, np_, hn = query.shape
+        sk = key.shape[0]
+        q = query.reshape(sq, b * np_, hn).transpose(0, 1)  # [b * np, sq, hn]
+        k = key.reshape(sk, b * np_, hn).transpose(0, 1)  # [b * np, sk, hn]
+        v = value.reshape(sk, b * np_, hn).transpose(0, 1)
+        scores = torch.bmm(q, k.transpose(1, 2)) * (1.0 / self.norm_factor)
+        scores = scores.view(b, np_, sq, sk)
+        probs = masked_softmax(scores, mask, self.coeff, self.softmax_in_fp32)
+        if self.training and self.dropout_p > 0:
+            # Each rank holds different heads, so their dropout must come from the per-rank stream.
+            with get_rng_tracker().fork():
+                probs = F.dropout(probs, p=self.dropout_p)
+        context = torch.bmm(probs.view(b * np_, sq, sk), v)  # [b * np, sq, hn]
+        return context.view(b, np_, sq, hn).permute(2, 0, 1, 3)  # [sq, b, np, hn]
+
+
+class ParallelAttention(nn.Module):
+    """Self-attention (fused ``query_key_value``) or cross-attention (``query`` + ``key_value``)."""
+
+    def __init__(self, config: TransformerConfig, layer_number: int,
+                 attention_type: AttnType = AttnType.self_attn,
+                 attn_mask_type: AttnMaskType = AttnMaskType.padding,
+                 pg: Optional[ProcessGroups] = None):
+        super().__init__()
+        pg = pg if pg is not None else get_process_groups()
+        self.config = config
+        self.attention_type = attention_type
+        tp = pg.tensor_model_parallel_size
+        config.validate_layout(tp)
+        projection_size = config.kv_channels * config.num_attention_heads
+        self.hidden_size_per_attention_head = config.kv_channels
+        self.num_attention_heads_per_partition = divide(config.num_attention_heads, tp, "num_attention_heads vs tensor_model_parallel_size")
+        if attention_type == AttnType.self_attn:
+            self.query_key_value = ColumnParallelLinear(
+                config.hidden_size, 3 * projection_size, config=config, init_method=config.init_method, pg=pg)
+        else:
+            self.query = ColumnParallelLinear(
+                config.hidden_size, projection_size, config=config, init_method=config.init_method, pg=pg)
+            self.key_value = ColumnParallelLinear(
+                config.hidden_size, 2 * projection_size, config=config, init_method=config.init_method, pg=pg)
+        self.core_attention = CoreAttention(config, layer_number, attn_mask_type, pg)
+        self.recompute_core_attention = config.recompute_granularity == "selective"
+        self.dense = RowParallelLinear(
+            projection_size, config.hidden_size, config=config, init_method=config.output_layer_init_method,
+            input_is_parallel=True, skip_bias_add=True, pg=pg)
+
+    def forward(self, hidden_states: torch.Tensor, attention_mask: Optional[torch.Tensor],
+                encoder_output: Optional[torch.Tensor] = None,
+                rotary_pos_emb: Optional[torch.Tensor] = None):
+        np_, hn = self.num_attention_heads_per_partition, self.hidden_size_per_attention_head
+        if self.attention_type == AttnType.self_attn:
+            mixed, _ = self.query_key_value(hidden_states)  # [sq, b, np * 3 * hn]
+            mixed = mixed.view(mixed.shape[0], mixed.shape[1], np_, 3 * hn)
+            query, key, value = torch.split(mixed, hn, dim=-1)  # each [sq, b, np, hn]
+        else:
+            if encoder_output is None:
+                raise ValueError("cross-attention needs encoder_output")
+            mixed, _ = self.key_value(encoder_output)  # [sk, b, np * 2 * hn]
+            mixed = mixed.view(mixed.shape[0], mixed.shape[1], np_, 2 * hn)
+            key, value = torch.split(mixed, hn, dim=-1)
+            query, _ = self.query(hidden_states)
+            query = query.view(query.shape[0], query.shape[1], np_, hn)
+        if rotary_pos_emb is not None:
+            query = apply_rotary_pos_emb(query, rotary_pos_emb[: query.shape[0]])
+            key = apply_rotary_pos_emb(key, rotary_pos_emb[: key.shape[0]])
+        if self.recompute_core_attention and self.training:
+            context = checkpoint(self.core_attention, query, key, value, attention_mask)
+        else:
+            context = self.core_attention(query, key, value, attention_mask)
+        return self.dense(context)  # (output [sq, b, h], bias)

@@ -1,0 +1,111 @@
+"""TransformerConfig: every knob of the transformer stack, validated once."""
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+
+from megatron.core.utils import init_method_normal, scaled_init_method_normal
+
+POSITION_EMBEDDING_TYPES = ("learned_absolute", "rope")
+ATTENTION_BACKENDS = ("sdpa", "unfused")
+RECOMPUTE_GRANULARITIES = ("full", "selective")
+RECOMPUTE_METHODS = ("uniform", "block")
+
+
+@dataclass
+class TransformerConfig:
+    num_layers: int
+    hidden_size: int
+    num_attention_heads: int
+    kv_channels: Optional[int] = None
+    """Per-head projection size; defaults to hidden_size / num_attention_heads."""
+    ffn_hidden_size: Optional[int] = None
+    """MLP inner size; defaults to 4 * hidden_size."""
+    hidden_dropout: float = 0.1
+    attention_dropout: float = 0.1
+    layernorm_epsilon: float = 1e-5
+    init_method_std: float = 0.02
+    init_method: Optional[Callable] = None
+    """Weight initialiser; defaults to N(0, init_method_std)."""
+    output_layer_init_method: Optional[Callable] = None
+    """Initialiser of the projections into the residual; defaults to N(0, std / sqrt(2 * num_layers))."""
+    apply_query_key_layer_scaling: bool = True
+    """Divide attention scores by the layer number before softmax and multiply back inside it (fp16 range)."""
+    attention_softmax_in_fp32: bool = True
+    apply_residual_connection_post_layernorm: bool = False
+    openai_gelu: bool = False
+    bias_gelu_fusion: bool = True
+    """Use the tanh-approximated GeLU on (x + bias), as Megatron's fused bias-GeLU does."""
+    bias_dropout_fusion: bool = True
+    """Request the fused bias-dropout-add; the plain PyTorch reference computes the same function."""
+    masked_softmax_fusion: bool = True
+    """Request the fused masked softmax; on CPU (and here) the plain PyTorch path always runs."""
+    attention_backend: str = "sdpa"
+    """``sdpa``: torch scaled_dot_product_attention; ``unfused``: explicit scores, mask, softmax."""
+    position_embedding_type: str = "learned_absolute"
+    rotary_percent: float = 1.0
+    params_dtype: torch.dtype = torch.float32
+    fp32_residual_connection: bool = False
+    sequence_parallel: bool = False
+    recompute_granularity: Optional[str] = None
+    recompute_method: Optional[str] = None
+    recompute_num_layers: Optional[int] = None
+    use_cpu_initialization: bool = True
+    """Draw every partitioned weight in full and keep this rank's slice (layout-independent start)."""
+    # Pipeline communication.
+    pipeline_dtype: Optional[torch.dtype] = None
+    """dtype of activations sent between stages; defaults to params_dtype."""
+    deallocate_pipeline_outputs: bool = True
+    """Free a stage's output tensor after sending it (only the autograd graph is kept)."""
+
+    def __post_init__(self):
+        for name in ("num_layers", "hidden_size", "num_attention_heads"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"TransformerConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.kv_channels is None:
+            if self.hidden_size % self.num_attention_heads != 0:
+                raise ValueError(
+                    f"hidden_size {self.hidden_size} is not divisible by num_attention_heads "
+                    f"{self.num_attention_heads}; set kv_channels explicitly")
+            self.kv_channels = self.hidden_size // self.num_attention_heads
+        if self.ffn_hidden_size is None:
+            self.ffn_hidden_size = 4 * self.hidden_size
+        for name in ("hidden_dropout", "attention_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"TransformerConfig.{name} must lie in [0, 1), got {getattr(self, name)}")
+        if self.position_embedding_type not in POSITION_EMBEDDING_TYPES:
+            raise ValueError(f"position_embedding_type {self.position_embedding_type!r} is not one of {POSITION_EMBEDDING_TYPES}")
+        if self.attention_backend not in ATTENTION_BACKENDS:
+            raise ValueError(f"attention_backend {self.attention_backend!r} is not one of {ATTENTION_BACKENDS}")
+        if not 0.0 < self.rotary_percent <= 1.0:
+            raise ValueError(f"rotary_percent must lie in (0, 1], got {self.rotary_percent}")
+        if self.apply_query_key_layer_scaling:
+            # The scaling only cancels out when the softmax runs in fp32.
+            self.attention_softmax_in_fp32 = True
+        if self.recompute_granularity is not None and self.recompute_granularity not in RECOMPUTE_GRANULARITIES:
+            raise ValueError(f"recompute_granularity {self.recompute_granularity!r} is not one of {RECOMPUTE_GRANULARITIES}")
+        if self.recompute_granularity == "full":
+            if self.recompute_method not in RECOMPUTE_METHODS:
+                raise ValueError(
+                    f"recompute_granularity 'full' needs recompute_method in {RECOMPUTE_METHODS}, got {self.recompute_method!r}")
+            if self.recompute_num_layers is None or self.recompute_num_layers < 1:
+                raise ValueError(
+                    f"recompute_granularity 'full' needs recompute_num_layers >= 1, got {self.recompute_num_layers}")
+        elif self.recompute_method is not None:
+            raise ValueError(
+                f"recompute_method {self.recompute_method!r} needs recompute_granularity 'full', got {self.recompute_granularity!r}")
+        if self.init_method is None:
+            self.init_method = init_method_normal(self.init_method_std)
+        if self.output_layer_init_method is None:
+            self.output_layer_init_method = scaled_init_method_normal(self.init_method_std, self.num_layers)
+        if self.pipeline_dtype is None:
+            self.pipeline_dtype = self.params_dtype
+
+    def validate_layout(self, tensor_model_parallel_size: int) -> None:
+        """Constraints between this config and a tensor-parallel size (pipeline ones live in the block)."""
+        tp = tensor_model_parallel_size
+        if self.num_attention_heads % tp != 0:
+            raise ValueError(
+                f"num_attention_heads {self.num_attention_heads} is not divisible by tensor_model_parallel_size {tp}")
+        if self.ffn_hidden_size % tp != 0:
+            raise ValueError(f"ffn_hidden_size {self.ffn_hidden_size} is not divisible by tensor_model_parallel_size {tp}")
