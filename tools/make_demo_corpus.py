@@ -54,14 +54,25 @@ def _public_docstrings(tree):
 
 
 def _stdlib_sources():
+    """(dotted name, path) of the standard library's modules, packages' submodules included."""
     stdlib = sysconfig.get_paths()["stdlib"]
     for name in sorted(sys.stdlib_module_names):
         if name.startswith("_") or name in _SKIPPED_MODULES:
             continue
-        for candidate in (os.path.join(stdlib, name + ".py"), os.path.join(stdlib, name, "__init__.py")):
-            if os.path.isfile(candidate):
-                yield name, candidate
-                break
+        module_file = os.path.join(stdlib, name + ".py")
+        package_dir = os.path.join(stdlib, name)
+        if os.path.isfile(module_file):
+            yield name, module_file
+        elif os.path.isfile(os.path.join(package_dir, "__init__.py")):
+            for root, dirs, files in os.walk(package_dir):
+                dirs[:] = sorted(d for d in dirs if not d.startswith(("_", "test")) and d != "idle_test")
+                for file in sorted(files):
+                    if not file.endswith(".py") or (file.startswith("_") and file != "__init__.py"):
+                        continue
+                    relative = os.path.relpath(os.path.join(root, file), stdlib)[:-3].split(os.sep)
+                    if relative[-1] == "__init__":
+                        relative.pop()
+                    yield ".".join(relative), os.path.join(root, file)
 
 
 def module_documents():

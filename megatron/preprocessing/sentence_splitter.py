@@ -20,7 +20,7 @@ import types
 # Current Megatron splits texts longer than this before Punkt to bound its memory use.
 MAX_PUNKT_CHARS = 1_000_000
 # How much input text trains a Punkt model when no trained one is installed.
-PUNKT_TRAINING_CHARS = 2_000_000
+PUNKT_TRAINING_CHARS = 1_000_000
 PUNKT_CACHE_VERSION = 1
 
 

@@ -38,11 +38,16 @@ disagree on is unassigned ("Cn") for ``unicodedata``. A text holding one is spli
 ``tokenizers`` engine always splits with the ``regex`` module: its own splitter (Oniguruma)
 misreads the same new letters (a Unicode 17 letter followed by "'s" keeps the apostrophe).
 """
+import hashlib
 import json
+import os
+import re
 import sys
 import unicodedata
 
 from .base import MegatronTokenizer
+
+_NON_ASCII = re.compile(r"[^\x00-\x7f]")
 
 EOD_TOKEN = "<|endoftext|>"
 # GPT-2's pre-tokenization regex (contractions, letters, digits, other, whitespace).
@@ -172,6 +177,34 @@ def _check_merge_results_are_whole(hf_tokenizer, vocab, merges):
     return None
 
 
+def _whole_check_marker(vocab_file, merge_file):
+    """Where a passed check (c) for these exact files is remembered: a BPE run over every
+    merge result costs about 0.6 s for GPT-2's 50k merges, more than the rest of loading."""
+    digest = hashlib.sha256()
+    for path in (vocab_file, merge_file):
+        with open(path, "rb") as f:
+            digest.update(hashlib.sha256(f.read()).digest())
+    cache_root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(cache_root, "megatron-lite", "bpe-tiktoken-checks", digest.hexdigest())
+
+
+def _whole_check_cached(vocab_file, merge_file):
+    try:
+        return os.path.exists(_whole_check_marker(vocab_file, merge_file))
+    except OSError:
+        return False
+
+
+def _cache_whole_check(vocab_file, merge_file):
+    try:
+        marker = _whole_check_marker(vocab_file, merge_file)
+        os.makedirs(os.path.dirname(marker), exist_ok=True)
+        with open(marker, "w") as f:
+            f.write("tiktoken equals BPE for these files (check c passed)\n")
+    except OSError:
+        pass  # an unwritable cache only costs the check again next time
+
+
 class GPT2BPETokenizer(MegatronTokenizer):
     """GPT-2 BPE; ``eod`` is the id of ``<|endoftext|>``.
 
@@ -201,9 +234,11 @@ class GPT2BPETokenizer(MegatronTokenizer):
         hf = None
         if engine != "tokenizers":
             reason = check_tiktoken_equivalence(self._vocab, merges, byte_decoder)
-            if reason is None:
+            if reason is None and not _whole_check_cached(vocab_file, merge_file):
                 hf = _build_hf_tokenizer(self._vocab, merges)
                 reason = _check_merge_results_are_whole(hf, self._vocab, merges)
+                if reason is None:
+                    _cache_whole_check(vocab_file, merge_file)
             if reason is None:
                 self._build_tiktoken(merges, byte_decoder)
             elif engine == "tiktoken":
@@ -304,7 +339,9 @@ class GPT2BPETokenizer(MegatronTokenizer):
         return self._vocab[EOD_TOKEN]
 
     def _has_unassigned_chars(self, text):
-        unseen = set(text).difference(self._known_chars)
+        # Only non-ASCII characters can be unassigned; collecting them with a regex scan is
+        # several times cheaper than building the set of every character of the text.
+        unseen = set(_NON_ASCII.findall(text)).difference(self._known_chars)
         if any(unicodedata.category(ch) == "Cn" for ch in unseen):
             return True
         self._known_chars.update(unseen)

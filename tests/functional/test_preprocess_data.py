@@ -276,3 +276,32 @@ def test_progress_lines(tmp_path, small_corpus, gpt2_files):
     progress = [line for line in result.stderr.splitlines() if line.startswith("Processed")]
     assert len(progress) == 4 and "docs/s" in progress[0] and "MiB/s" in progress[0]
     assert "Done: 40 documents" in result.stdout
+
+
+def test_tokenizer_model_flag_for_huggingface_and_sentencepiece(tmp_path, small_corpus):
+    """--tokenizer-model reaches HuggingFaceTokenizer (tokenizer.json) and SentencePieceTokenizer."""
+    import sentencepiece
+
+    from megatron.tokenizer import HuggingFaceTokenizer, SentencePieceTokenizer
+
+    hf_json = os.path.join(os.path.dirname(bert_uncased_vocab_path()), "tokenizer.json")
+    texts = [json.loads(line)["text"] for line in open(small_corpus, encoding="utf-8")]
+    sp_prefix = str(tmp_path / "sp")
+    sentencepiece.SentencePieceTrainer.train(sentence_iterator=iter(texts), model_prefix=sp_prefix,
+                                             vocab_size=500, minloglevel=2)
+    hf = HuggingFaceTokenizer(hf_json)
+    sp = SentencePieceTokenizer(sp_prefix + ".model")
+    for name, model, tokenizer, eod in [("HuggingFaceTokenizer", hf_json, hf, []),
+                                        ("SentencePieceTokenizer", sp_prefix + ".model", sp, [sp.eod])]:
+        prefix = tmp_path / name
+        run_tool("--input", small_corpus, "--output-prefix", prefix, "--tokenizer-type", name,
+                 "--tokenizer-model", model, "--workers", "2", *(["--append-eod"] if eod else []))
+        ds = IndexedDataset(f"{prefix}_text_document")
+        assert len(ds) == 40
+        for d in (0, 21, 39):
+            assert ds[d].tolist() == tokenizer.tokenize(texts[d]) + eod
+    # tokenizer.json of a BERT model has no end-of-document token: said, not guessed.
+    result = run_tool("--input", small_corpus, "--output-prefix", tmp_path / "x", "--tokenizer-type",
+                      "HuggingFaceTokenizer", "--tokenizer-model", hf_json, "--append-eod", check=False)
+    assert result.returncode == 1
+    assert "--append-eod: HuggingFaceTokenizer has no eod token" in result.stderr
