@@ -21,6 +21,11 @@ import os
 import sys
 import sysconfig
 
+if __package__ in (None, ""):
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from megatron.core.fileio import atomic_open  # noqa: E402
+
 # Modules whose docstrings are mostly code samples, licences or tables, not prose.
 _SKIPPED_MODULES = {"this", "antigravity", "__hello__", "__phello__", "idlelib", "lib2to3",
                     "test", "turtledemo", "pydoc_data", "sre_constants", "keyword", "token"}
@@ -108,21 +113,11 @@ def iter_documents(topics_only=False, repeat=1):
 
 def write_corpus(path, topics_only=False, repeat=1):
     """Write the corpus atomically; returns (documents, bytes)."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
     count = 0
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            for doc in iter_documents(topics_only=topics_only, repeat=repeat):
-                f.write(json.dumps(doc, ensure_ascii=False) + "\n")
-                count += 1
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_open(path, "w", encoding="utf-8") as f:
+        for doc in iter_documents(topics_only=topics_only, repeat=repeat):
+            f.write(json.dumps(doc, ensure_ascii=False) + "\n")
+            count += 1
     return count, os.path.getsize(path)
 
 

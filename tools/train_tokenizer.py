@@ -19,6 +19,11 @@ import json
 import os
 import sys
 
+if __package__ in (None, ""):
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from megatron.core.fileio import atomic_write_text  # noqa: E402
+
 BERT_TYPES = ("BertWordPieceLowerCase", "BertWordPieceCase")
 GPT2_TYPE = "GPT2BPETokenizer"
 TRAINABLE_TYPES = BERT_TYPES + (GPT2_TYPE,)
@@ -54,19 +59,6 @@ def iter_texts(paths, json_keys=("text",)):
                     if not isinstance(text, str):
                         raise ValueError(f"{path}:{lineno}: key {key!r} holds {type(text).__name__}, not a string")
                     yield text
-
-
-def _atomic_write(path, text):
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _train_wordpiece(texts, vocab_size, min_frequency, lower_case):
@@ -139,14 +131,14 @@ def train_tokenizer(tokenizer_type, inputs, output_dir, vocab_size, json_keys=("
         lower_case = tokenizer_type == "BertWordPieceLowerCase"
         tokens = _train_wordpiece(texts, vocab_size, min_frequency, lower_case=lower_case)
         vocab_file = os.path.join(output_dir, "vocab.txt")
-        _atomic_write(vocab_file, "".join(token + "\n" for token in tokens))
+        atomic_write_text(vocab_file, "".join(token + "\n" for token in tokens))
         return {"vocab_file": vocab_file}
 
     vocab, merges = _train_byte_level_bpe(texts, vocab_size, min_frequency)
     vocab_file = os.path.join(output_dir, "vocab.json")
     merge_file = os.path.join(output_dir, "merges.txt")
-    _atomic_write(vocab_file, json.dumps(vocab))
-    _atomic_write(merge_file, "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
+    atomic_write_text(vocab_file, json.dumps(vocab))
+    atomic_write_text(merge_file, "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
     return {"vocab_file": vocab_file, "merge_file": merge_file}
 
 

@@ -17,6 +17,8 @@ import os
 import sys
 import types
 
+from megatron.core.fileio import atomic_write_text
+
 # Current Megatron splits texts longer than this before Punkt to bound its memory use.
 MAX_PUNKT_CHARS = 1_000_000
 # How much input text trains a Punkt model when no trained one is installed.
@@ -141,10 +143,7 @@ def load_or_train_punkt(lang, sample_text_fn, cache_path, log=print):
         + (f", cached in {cache_path}" if cache_path else ""))
     params = train_punkt_parameters(punkt, sample)
     if cache_path:
-        tmp = f"{cache_path}.tmp-{os.getpid()}"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(_params_to_json(params, fingerprint, lang), f)
-        os.replace(tmp, cache_path)
+        atomic_write_text(cache_path, json.dumps(_params_to_json(params, fingerprint, lang)))
     return params, "Punkt model trained on the input"
 
 

@@ -14,6 +14,8 @@ from typing import Callable, Dict, Optional, Sequence
 
 import numpy as np
 
+from megatron.core.fileio import atomic_open
+
 # name -> (shape, dtype); a dimension given as None is not checked.
 Spec = Dict[str, tuple]
 
@@ -55,19 +57,9 @@ def wait_for_rank_0(barrier_groups: Optional[Sequence] = None) -> None:
 
 
 def save_npy_atomic(path: str, array: np.ndarray) -> None:
-    """``np.save`` to a temporary name in the same directory, fsync, then rename."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    tmp = f"{path}.tmp.{os.getpid()}.{time.monotonic_ns()}"
-    try:
-        with open(tmp, "wb") as f:
-            np.save(f, np.ascontiguousarray(array), allow_pickle=False)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    """``np.save`` published atomically (temporary name, fsync, rename)."""
+    with atomic_open(path, "wb") as f:
+        np.save(f, np.ascontiguousarray(array), allow_pickle=False)
 
 
 def _load_checked(path: str, shape, dtype) -> Optional[np.ndarray]:
