@@ -22,6 +22,11 @@ def unwrap_model(module):
     return module
 
 
+def _grad_attr(param: torch.Tensor) -> str:
+    """The local DDP wrapper accumulates into ``main_grad``; plain modules and torch DDP use ``grad``."""
+    return "main_grad" if hasattr(param, "main_grad") else "grad"
+
+
 def _all_reduce_coalesced(grads: List[torch.Tensor], group) -> None:
     if not grads:
         return
@@ -34,8 +39,8 @@ def _all_reduce_coalesced(grads: List[torch.Tensor], group) -> None:
 def allreduce_sequence_parallel_grads(model_chunks: Iterable[torch.nn.Module], pg: ProcessGroups) -> None:
     if pg.tensor_model_parallel_size == 1:
         return
-    grads = [p.grad for chunk in model_chunks for p in chunk.parameters()
-             if getattr(p, "sequence_parallel", False) and p.grad is not None]
+    grads = [getattr(p, _grad_attr(p)) for chunk in model_chunks for p in chunk.parameters()
+             if getattr(p, "sequence_parallel", False) and getattr(p, _grad_attr(p)) is not None]
     _all_reduce_coalesced(grads, pg.tp)
 
 
@@ -48,18 +53,22 @@ def allreduce_embedding_grads(model_chunks: List[torch.nn.Module], pg: ProcessGr
                   and (c.pre_process or c.has_output_layer()) and c.word_embeddings_weight() is not None]
         if owners:
             weight = owners[0].word_embeddings_weight()
-            grad = weight.grad if weight.grad is not None else torch.zeros_like(weight)
+            attr = _grad_attr(weight)
+            grad = getattr(weight, attr)
+            grad = grad if grad is not None else torch.zeros_like(weight)
             all_reduce(grad, pg.embd)
-            weight.grad = grad
+            setattr(weight, attr, grad)
     if (pg.pipeline_model_parallel_split_rank is not None and pg.rank in pg.pos_embd_ranks
             and len(pg.pos_embd_ranks) > 1):
         owners = [c for c in chunks if getattr(c, "pre_process", False)
                   and getattr(c.language_model.embedding, "add_position_embedding", False)]
         if owners:
             weight = owners[0].language_model.embedding.position_embeddings.weight
-            grad = weight.grad if weight.grad is not None else torch.zeros_like(weight)
+            attr = _grad_attr(weight)
+            grad = getattr(weight, attr)
+            grad = grad if grad is not None else torch.zeros_like(weight)
             all_reduce(grad, pg.pos_embd)
-            weight.grad = grad
+            setattr(weight, attr, grad)
 
 
 def finalize_model_grads(model_chunks: List[torch.nn.Module], pg: Optional[ProcessGroups] = None) -> None:
