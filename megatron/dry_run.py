@@ -1,0 +1,297 @@
+"""``--dry-run``: check a layout for ``--world-size`` ranks and print what each rank would hold.
+
+Nothing is allocated and no process is started, so a 1,024-rank layout can be checked on a
+laptop. Parameter counts are exact for the models in ``megatron/core/models`` (padded vocab,
+learned position embeddings, BERT's token types and heads, the copy of the tied word embedding
+on the last pipeline stage). Memory is an estimate:
+
+- weights and gradients: parameters of the rank x bytes of their dtype (gradients in fp32 with
+  ``--accumulate-allreduce-grads-in-fp32``, forced by ``--bf16``);
+- optimizer state: Adam keeps fp32 master weights + two moments (12 bytes/param with fp16/bf16,
+  8 in fp32 where the weights are their own master), SGD master + momentum; sharded over
+  data-parallel ranks with ``--use-distributed-optimizer``;
+- activations: Korthikanti et al. 2022, per layer and micro-batch with 16-bit activations
+  ``s*b*h*(34 + 5*a*s/h)`` bytes, of which ``10*s*b*h`` stays whole on every tensor-parallel
+  rank without sequence parallelism (``s*b*h*(10 + 24/t + 5*a*s/(h*t))``), everything ``/t``
+  with it; selective recomputation drops the ``5*a*s/h`` term, full recomputation keeps only
+  each layer's input (``2*s*b*h``) plus one recomputed group. A stage holds as many micro-batches
+  as the pipeline schedule has in flight on it; fp32 doubles every activation byte.
+"""
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Tuple
+
+GiB = 2 ** 30
+MODEL_NAMES = ("gpt", "bert", "t5")
+
+
+@dataclass
+class Params:
+    """Parameters split over tensor-parallel ranks and parameters every TP rank holds whole."""
+
+    split: int = 0
+    replicated: int = 0
+
+    def __add__(self, other: "Params") -> "Params":
+        return Params(self.split + other.split, self.replicated + other.replicated)
+
+    def __mul__(self, n: int) -> "Params":
+        return Params(self.split * n, self.replicated * n)
+
+    def total(self) -> int:
+        return self.split + self.replicated
+
+    def per_rank(self, tp: int) -> int:
+        return self.split // tp + self.replicated
+
+
+@dataclass
+class Stage:
+    index: int
+    layers: Dict[str, int]
+    params: Params
+    tied_copy: int = 0
+    """Parameters duplicated from another stage (the word embedding of the output layer, T5's decoder embedding)."""
+    memory: Dict[str, float] = field(default_factory=dict)
+
+
+def _layer_params(h: int, p: int, f: int, decoder: bool) -> Params:
+    """One transformer layer: fused QKV and MLP-in are column-parallel (weight and bias split), the
+    output projections row-parallel (weight split, bias whole), LayerNorms whole."""
+    params = Params(split=h * 3 * p + 3 * p + p * h + h * f + f + f * h, replicated=h + h + 2 * h + 2 * h)
+    if decoder:
+        params += Params(split=h * p + p + h * 2 * p + 2 * p + p * h, replicated=h + 2 * h)
+    return params
+
+
+def _embedding(args, h: int, vocab: int, tokentypes: int) -> Params:
+    replicated = tokentypes * h
+    if args.position_embedding_type == "learned_absolute":
+        replicated += args.max_position_embeddings * h
+    return Params(split=vocab * h, replicated=replicated)
+
+
+def model_name_from(model_type, model_name: Optional[str] = None) -> str:
+    """gpt / bert / t5 from an explicit name, a ModelType (encoder-decoder means T5), or the script name."""
+    if model_name is not None:
+        name = model_name.lower()
+    elif isinstance(model_type, str):
+        name = model_type.lower()
+    else:
+        import os
+        import sys
+
+        from megatron.core.transformer import ModelType
+
+        if model_type == ModelType.encoder_and_decoder:
+            name = "t5"
+        else:
+            script = os.path.basename(sys.argv[0]) if sys.argv else ""
+            name = "bert" if "bert" in script else "gpt"
+    if name not in MODEL_NAMES:
+        raise ValueError(f"--dry-run knows the models {', '.join(MODEL_NAMES)}, got {name!r}")
+    return name
+
+
+def stage_parameters(args, model_name: str, pipeline_size: Optional[int] = None) -> List[Stage]:
+    """Parameters of every pipeline stage (all its model chunks and all its TP ranks together)."""
+    pp = pipeline_size if pipeline_size is not None else args.pipeline_model_parallel_size
+    split = args.pipeline_model_parallel_split_rank if pipeline_size is None else None
+    h, f, vocab = args.hidden_size, args.ffn_hidden_size, args.padded_vocab_size
+    p = args.kv_channels * args.num_attention_heads
+    final_norm = Params(replicated=2 * h)
+    encoder_layer, decoder_layer = _layer_params(h, p, f, False), _layer_params(h, p, f, True)
+    stages = []
+    if model_name == "t5":
+        if pp > 1 and split is None:
+            raise ValueError(f"T5 with --pipeline-model-parallel-size {pp} needs --pipeline-model-parallel-split-rank")
+        embedding = _embedding(args, h, vocab, 0)
+        head = Params(split=vocab)  # lm_head.bias; the weight is the word embedding
+        if pp == 1:
+            params = embedding + encoder_layer * args.num_layers + decoder_layer * args.num_layers + final_norm * 2
+            return [Stage(0, {"encoder": args.num_layers, "decoder": args.num_layers}, params + head)]
+        enc_per, dec_per = args.num_layers // split, args.num_layers // (pp - split)
+        for index in range(pp):
+            tied = 0
+            if index < split:
+                layers, params = {"encoder": enc_per}, encoder_layer * enc_per
+                if index == 0:
+                    params += embedding
+                if index == split - 1:
+                    params += final_norm
+            else:
+                layers, params = {"decoder": dec_per}, decoder_layer * dec_per
+                if index == split:
+                    params += embedding
+                    tied += embedding.total()
+                if index == pp - 1:
+                    params += final_norm + head
+                    if index != split:
+                        params += Params(split=vocab * h)
+                        tied += vocab * h
+            stages.append(Stage(index, layers, params, tied))
+        return stages
+
+    per_stage = args.num_layers // pp
+    bert = model_name == "bert"
+    binary_head = bert and getattr(args, "bert_binary_head", True)
+    embedding = _embedding(args, h, vocab, 2 if binary_head else 0)
+    head = Params()
+    if bert:
+        # lm_head: vocab-parallel bias, dense, LayerNorm; pooler and binary head with the NSP task.
+        head = Params(split=vocab, replicated=h * h + h + 2 * h)
+        if binary_head:
+            head += Params(replicated=h * h + h + 2 * h + 2)
+    for index in range(pp):
+        params, tied = encoder_layer * per_stage, 0
+        if index == 0:
+            params += embedding
+        if index == pp - 1:
+            params += final_norm + head
+            if pp > 1:
+                params += Params(split=vocab * h)
+                tied = vocab * h
+        stages.append(Stage(index, {"layers": per_stage}, params, tied))
+    return stages
+
+
+def _in_flight_layers(args, stage: int, layers_on_stage: int) -> Tuple[int, float]:
+    """(micro-batches whose activations a stage holds at its peak, layers' worth per micro-batch)."""
+    pp, micro = args.pipeline_model_parallel_size, args.num_micro_batches
+    virtual = args.virtual_pipeline_model_parallel_size
+    if pp == 1:
+        return 1, layers_on_stage
+    if virtual is None:
+        return min(pp - stage, micro), layers_on_stage
+    # Interleaved warm-up: 2 per later stage plus a full round of the other chunks, then one more.
+    chunk_microbatches = min((pp - stage - 1) * 2 + (virtual - 1) * pp + 1, micro * virtual)
+    return chunk_microbatches, layers_on_stage / virtual
+
+
+def recompute_setting(args) -> Tuple[str, Optional[str], Optional[int]]:
+    """The configured recomputation, or full uniform recomputation of single layers to compare with."""
+    if args.recompute_granularity is None:
+        return "full", "uniform", 1
+    return args.recompute_granularity, args.recompute_method, args.recompute_num_layers
+
+
+def _activation_bytes(args, seq: int, layers: float, in_flight: int) -> Tuple[float, float]:
+    """Activation bytes of one stage without recomputation and with ``recompute_setting(args)``."""
+    s, b, h, a = seq, args.micro_batch_size, args.hidden_size, args.num_attention_heads
+    t = args.tensor_model_parallel_size
+    scale = 2.0 if args.params_dtype.itemsize == 4 else 1.0
+    sp = args.sequence_parallel
+    attention = 5.0 * a * s / (h * t)
+    full = s * b * h * ((34.0 / t if sp else 10.0 + 24.0 / t) + attention)
+    plain = full * layers * in_flight * scale
+    granularity, method, group = recompute_setting(args)
+    if granularity == "selective":
+        return plain, (full - s * b * h * attention) * layers * in_flight * scale
+    layer_input = 2.0 * s * b * h / (t if sp else 1)
+    if method == "uniform":
+        stored = layer_input * layers * in_flight + full * min(group, layers)
+    else:
+        recomputed = min(group, layers)
+        stored = (layer_input * recomputed + full * (layers - recomputed)) * in_flight + full
+    return plain, stored * scale
+
+
+def _memory(args, stage: Stage, model_name: str) -> Dict[str, float]:
+    tp, dp = args.tensor_model_parallel_size, args.data_parallel_size
+    per_rank = stage.params.per_rank(tp)
+    half = args.fp16 or args.bf16
+    weight_bytes = 2 if half else 4
+    grad_bytes = 4 if (not half or args.accumulate_allreduce_grads_in_fp32) else 2
+    if args.optimizer == "adam":
+        optim_bytes = 12 if half else 8
+    else:
+        optim_bytes = (4 if half else 0) + (4 if args.sgd_momentum else 0)
+    optimizer = per_rank * optim_bytes / (dp if args.use_distributed_optimizer else 1)
+    plain = recompute = 0.0
+    for stack, count in stage.layers.items():
+        seq = args.decoder_seq_length if stack == "decoder" and args.decoder_seq_length else args.seq_length
+        in_flight, layers = _in_flight_layers(args, stage.index, count)
+        without, with_ = _activation_bytes(args, seq, layers, in_flight)
+        plain, recompute = plain + without, recompute + with_
+    if stage.index == args.pipeline_model_parallel_size - 1:
+        # fp32 logits (and their softmax, kept for backward) of one micro-batch on the last stage.
+        seq = args.decoder_seq_length if model_name == "t5" and args.decoder_seq_length else args.seq_length
+        logits = 2 * 4.0 * seq * args.micro_batch_size * args.padded_vocab_size / tp
+        plain, recompute = plain + logits, recompute + logits
+    memory = {"weights": per_rank * weight_bytes, "gradients": per_rank * grad_bytes, "optimizer": optimizer,
+              "activations": plain, "activations_recompute": recompute}
+    static = memory["weights"] + memory["gradients"] + optimizer
+    memory["total"] = static + (recompute if args.recompute_granularity else plain)
+    return memory
+
+
+def _resolve_vocab(args) -> None:
+    if getattr(args, "padded_vocab_size", None) is not None:
+        return
+    if getattr(args, "tokenizer_type", None) is None:
+        raise ValueError("--dry-run needs --vocab-size V or the tokenizer flags (--tokenizer-type and its files)")
+    from megatron.tokenizer import build_tokenizer
+
+    build_tokenizer(args)
+
+
+def plan(args, model_type, model_name: Optional[str] = None) -> Dict:
+    """The dry-run plan as data: per-stage parameters and memory per rank."""
+    name = model_name_from(model_type, model_name)
+    _resolve_vocab(args)
+    if name == "t5" and args.decoder_seq_length is None:
+        raise ValueError("T5 needs --decoder-seq-length")
+    if name != "t5" and args.pipeline_model_parallel_split_rank is not None:
+        raise ValueError(f"--pipeline-model-parallel-split-rank {args.pipeline_model_parallel_split_rank} is for "
+                         f"encoder-decoder models (T5), not {name.upper()}")
+    stages = stage_parameters(args, name)
+    for stage in stages:
+        stage.memory = _memory(args, stage, name)
+    unique = stage_parameters(args, name, pipeline_size=1)[0].params.total()
+    return {"model": name, "stages": stages, "total_parameters": unique,
+            "sum_of_stages": sum(stage.params.total() for stage in stages)}
+
+
+def format_plan(args, result: Dict) -> str:
+    tp, pp, dp = args.tensor_model_parallel_size, args.pipeline_model_parallel_size, args.data_parallel_size
+    virtual = args.virtual_pipeline_model_parallel_size
+    lines = [
+        f"dry run: {result['model'].upper()} on {args.world_size} ranks",
+        f"  layout: tensor-parallel {tp} x pipeline-parallel {pp} x data-parallel {dp}"
+        + (f", virtual stages {virtual}" if virtual else "")
+        + (f", decoder from stage {args.pipeline_model_parallel_split_rank}"
+           if args.pipeline_model_parallel_split_rank is not None else ""),
+        f"  batch: micro {args.micro_batch_size} x data-parallel {dp} x {args.num_micro_batches} micro-batches = "
+        f"global {args.global_batch_size}"
+        + (f" (ramp-up {' '.join(str(v) for v in args.rampup_batch_size)})" if args.rampup_batch_size else ""),
+        f"  model: {args.num_layers} layers, hidden {args.hidden_size}, {args.num_attention_heads} heads, "
+        f"ffn {args.ffn_hidden_size}, seq {args.seq_length}, padded vocab {args.padded_vocab_size}, "
+        f"{str(args.params_dtype).replace('torch.', '')}",
+        "  parameters per pipeline stage (all tensor-parallel ranks of the stage / one rank):",
+    ]
+    for stage in result["stages"]:
+        layers = ", ".join(f"{count} {kind}" if kind != "layers" else f"{count} layers"
+                           for kind, count in stage.layers.items())
+        tied = f" (incl. tied copy {stage.tied_copy:,})" if stage.tied_copy else ""
+        lines.append(f"    stage {stage.index:>3}: {layers:<22} {stage.params.total():>18,} / "
+                     f"{stage.params.per_rank(tp):>16,}{tied}")
+    lines.append(f"  total parameters: {result['total_parameters']:,} ({result['total_parameters'] / 1e9:.2f} B; "
+                 f"tied weights counted once; stages sum to {result['sum_of_stages']:,})")
+    granularity, method, group = recompute_setting(args)
+    setting = granularity if granularity == "selective" else f"{granularity} {method} {group}"
+    configured = "configured" if args.recompute_granularity else "for comparison, not configured"
+    lines.append("  estimated memory per rank (GiB): weights / gradients / optimizer / activations "
+                 f"(no recompute | recompute {setting}, {configured}) / total as configured")
+    for stage in result["stages"]:
+        m = {key: value / GiB for key, value in stage.memory.items()}
+        lines.append(f"    stage {stage.index:>3}: {m['weights']:8.2f} / {m['gradients']:8.2f} / {m['optimizer']:8.2f} / "
+                     f"({m['activations']:8.2f} | {m['activations_recompute']:8.2f}) / {m['total']:8.2f}")
+    peak = max(result["stages"], key=lambda stage: stage.memory["total"])
+    lines.append(f"  peak: stage {peak.index}, {peak.memory['total'] / GiB:.2f} GiB per rank")
+    return "\n".join(lines)
+
+
+def run_dry_run(args, model_type, model_name: Optional[str] = None) -> Dict:
+    """Print the plan for ``args`` (validated, with ``--world-size``) and return it; creates no process."""
+    result = plan(args, model_type, model_name)
+    print(format_plan(args, result), flush=True)
+    return result
