@@ -144,6 +144,9 @@ def build_pretraining_data_loader(dataset, consumed_samples: int, micro_batch_si
                                                    data_parallel_rank, data_parallel_size, seed)
     else:
         raise ValueError(f"--dataloader-type must be single or cyclic, got {dataloader_type!r}")
+    # Starting an iterator draws the workers' base seed from this generator; from the global one
+    # it would shift every later dropout mask by when the loader was built (e.g. after a resume).
+    generator = torch.Generator().manual_seed(seed)
     return torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers,
                                        pin_memory=pin_memory, collate_fn=collate_fn,
-                                       persistent_workers=False)
+                                       persistent_workers=False, generator=generator)
