@@ -578,6 +578,8 @@ def core_transformer_config_from_args(args):
         sequence_parallel=args.sequence_parallel, recompute_granularity=args.recompute_granularity,
         recompute_method=args.recompute_method, recompute_num_layers=args.recompute_num_layers,
         use_cpu_initialization=args.use_cpu_initialization,
+        # Per-component initial weights: every layout starts from the one-process weights.
+        init_seed=args.seed if args.use_cpu_initialization else None,
         **init)
 
 

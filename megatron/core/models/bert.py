@@ -14,7 +14,7 @@ from megatron.core.models.language_model import (
 )
 from megatron.core.models.module import LanguageModule
 from megatron.core.parallel_state import ProcessGroups
-from megatron.core.tensor_parallel import set_tensor_model_parallel_attributes
+from megatron.core.tensor_parallel import init_rng_scope, set_tensor_model_parallel_attributes
 from megatron.core.transformer import AttnMaskType, TransformerConfig
 from megatron.core.utils import divide
 
@@ -70,9 +70,11 @@ class BertModel(LanguageModule):
             add_pooler=add_binary_head, pre_process=pre_process, post_process=post_process, pg=self.pg)
         self.initialize_word_embeddings(vocab_size)
         if post_process:
-            self.lm_head = BertLMHead(config, vocab_size, parallel_output, self.pg)
+            with init_rng_scope(config.init_seed, "lm_head"):
+                self.lm_head = BertLMHead(config, vocab_size, parallel_output, self.pg)
             if add_binary_head:
-                self.binary_head = replicated_linear(config.hidden_size, 2, config)
+                with init_rng_scope(config.init_seed, "binary_head"):
+                    self.binary_head = replicated_linear(config.hidden_size, 2, config)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 tokentype_ids: Optional[torch.Tensor] = None, lm_labels: Optional[torch.Tensor] = None):

@@ -5,6 +5,8 @@ State-dict names follow Megatron-LM: ``query_model`` / ``context_model`` (or ``s
 each holding ``language_model`` and, with a projection, ``projection_enc``. The towers are
 tensor-parallel; like Megatron-LM's, the biencoder runs on a single pipeline stage.
 """
+import dataclasses
+import zlib
 from typing import Dict, Optional, Tuple
 
 import torch
@@ -13,7 +15,7 @@ from torch import nn
 from megatron.core.models.bert import bert_extended_attention_mask
 from megatron.core.models.language_model import TransformerLanguageModel, replicated_linear
 from megatron.core.parallel_state import ProcessGroups, get_process_groups
-from megatron.core.tensor_parallel import gather_from_sequence_parallel_region
+from megatron.core.tensor_parallel import gather_from_sequence_parallel_region, init_rng_scope
 from megatron.core.transformer import AttnMaskType, TransformerConfig
 
 
@@ -30,7 +32,8 @@ class PretrainedBertModel(nn.Module):
             pre_process=True, post_process=True, pg=self.pg)
         self.projection_dim = projection_dim
         if projection_dim > 0:
-            self.projection_enc = replicated_linear(config.hidden_size, projection_dim, config)
+            with init_rng_scope(config.init_seed, "projection_enc"):
+                self.projection_enc = replicated_linear(config.hidden_size, projection_dim, config)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 tokentype_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -56,14 +59,19 @@ class BiEncoderModel(nn.Module):
                 f"{self.pg.pipeline_model_parallel_size}")
         self.shared_query_context_model = shared_query_context_model
 
-        def tower():
-            return PretrainedBertModel(config, vocab_size, max_sequence_length, num_tokentypes, projection_dim, self.pg)
+        def tower(name):
+            # Each tower draws from its own seed (when init_seed is set): two towers built from
+            # one seed would otherwise start identical.
+            tower_config = config if config.init_seed is None else dataclasses.replace(
+                config, init_seed=config.init_seed + zlib.crc32(name.encode("utf-8")))
+            return PretrainedBertModel(tower_config, vocab_size, max_sequence_length, num_tokentypes,
+                                       projection_dim, self.pg)
 
         if shared_query_context_model:
-            self.shared_model = tower()
+            self.shared_model = tower("shared_model")
         else:
-            self.query_model = tower()
-            self.context_model = tower()
+            self.query_model = tower("query_model")
+            self.context_model = tower("context_model")
 
     def set_input_tensor(self, input_tensor) -> None:
         """The schedules' hook; a single-stage model never receives activations."""

@@ -17,6 +17,7 @@ from megatron.core.tensor_parallel import (
     gather_from_sequence_parallel_region,
     gather_from_tensor_model_parallel_region,
     get_rng_tracker,
+    init_rng_scope,
     scatter_to_sequence_parallel_region,
     vocab_parallel_cross_entropy,
 )
@@ -152,7 +153,8 @@ class TransformerLanguageModel(nn.Module):
         self.add_pooler = add_pooler and post_process
         self.encoder_hidden_state = None
         if pre_process:
-            self.embedding = Embedding(config, vocab_size, max_sequence_length, num_tokentypes, self.pg)
+            with init_rng_scope(config.init_seed, "embedding"):
+                self.embedding = Embedding(config, vocab_size, max_sequence_length, num_tokentypes, self.pg)
         self.rotary_pos_emb = None
         if config.position_embedding_type == "rope":
             self.rotary_pos_emb = RotaryEmbedding(config.kv_channels, config.rotary_percent)
@@ -163,7 +165,8 @@ class TransformerLanguageModel(nn.Module):
             self.decoder = TransformerBlock(config, LayerType.decoder, decoder_attn_mask_type,
                                             pre_process=pre_process, post_process=post_process, pg=self.pg)
         if self.add_pooler:
-            self.pooler = Pooler(config, self.pg)
+            with init_rng_scope(config.init_seed, "pooler"):
+                self.pooler = Pooler(config, self.pg)
 
     def set_input_tensor(self, input_tensor: Union[torch.Tensor, List[Optional[torch.Tensor]], None]) -> None:
         if not isinstance(input_tensor, (list, tuple)):

@@ -15,7 +15,7 @@ from torch import nn
 from megatron.core.models.language_model import TransformerLanguageModel, logits_or_loss, parallel_lm_logits
 from megatron.core.models.module import LanguageModule
 from megatron.core.parallel_state import ProcessGroups
-from megatron.core.tensor_parallel import set_tensor_model_parallel_attributes
+from megatron.core.tensor_parallel import init_rng_scope, set_tensor_model_parallel_attributes
 from megatron.core.transformer import AttnMaskType, ModelType, TransformerConfig
 from megatron.core.utils import divide
 
@@ -62,7 +62,8 @@ class T5Model(LanguageModule):
             pre_process=pre_process, post_process=post_process, pg=self.pg)
         self.initialize_word_embeddings(vocab_size)
         if post_process and add_decoder:
-            self.lm_head = T5LMHead(config, vocab_size, parallel_output, self.pg)
+            with init_rng_scope(config.init_seed, "lm_head"):
+                self.lm_head = T5LMHead(config, vocab_size, parallel_output, self.pg)
 
     def has_output_layer(self) -> bool:
         # The last encoder stage also has post_process, but only the decoder side ends in the LM head.

@@ -7,6 +7,7 @@ every shard would drop the same positions: it runs inside ``tracker.fork()``, a 
 seeded with ``seed + 2718 + tp_rank`` as in Megatron-LM. Both work with CPU and CUDA generators.
 """
 import contextlib
+import zlib
 from typing import Dict, Optional
 
 import torch
@@ -103,6 +104,24 @@ def get_rng_tracker() -> RNGStatesTracker:
 
 # Megatron-LM's name, kept so code written against it reads the same.
 get_cuda_rng_tracker = get_rng_tracker
+
+
+@contextlib.contextmanager
+def init_rng_scope(init_seed: Optional[int], *component):
+    """Draw a component's initial weights from a generator of its own.
+
+    With ``init_seed`` None this does nothing (weights come from the default generator in
+    construction order, as in Megatron-LM). Otherwise the CPU default generator is seeded from
+    (init_seed, component) inside the block and restored after it, so the component's weights
+    depend on its identity alone, not on which other components this rank built before it.
+    """
+    if init_seed is None:
+        yield
+        return
+    key = zlib.crc32(repr(component).encode("utf-8"))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed((int(init_seed) * 1_000_003 + key) % (2 ** 63))
+        yield
 
 
 def model_parallel_manual_seed(seed: int, tp_rank: int = 0, device_type: Optional[str] = None) -> None:

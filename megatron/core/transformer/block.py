@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from megatron.core.parallel_state import ProcessGroups, get_process_groups
-from megatron.core.tensor_parallel import checkpoint, get_rng_tracker
+from megatron.core.tensor_parallel import checkpoint, get_rng_tracker, init_rng_scope
 from megatron.core.transformer.config import TransformerConfig
 from megatron.core.transformer.enums import AttnMaskType, LayerType
 from megatron.core.transformer.layer import TransformerLayer, make_layernorm
@@ -68,8 +68,11 @@ class TransformerBlock(nn.Module):
         self.input_tensor = None
         count, offset = stage_layer_range(config, pg, layer_type, num_layers)
         self.layer_offset = offset
-        self.layers = nn.ModuleList(
-            TransformerLayer(config, offset + i + 1, layer_type, self_attn_mask_type, pg) for i in range(count))
+        layers = []
+        for i in range(count):
+            with init_rng_scope(config.init_seed, layer_type.name, offset + i + 1):
+                layers.append(TransformerLayer(config, offset + i + 1, layer_type, self_attn_mask_type, pg))
+        self.layers = nn.ModuleList(layers)
         if post_process and post_layer_norm:
             self.final_layernorm = make_layernorm(config, pg)
         else:

@@ -52,6 +52,10 @@ class TransformerConfig:
     recompute_num_layers: Optional[int] = None
     use_cpu_initialization: bool = True
     """Draw every partitioned weight in full and keep this rank's slice (layout-independent start)."""
+    init_seed: Optional[int] = None
+    """When set, every component (embedding, each layer, pooler, heads) draws its initial weights from a
+    generator seeded by (init_seed, component), so a pipeline stage draws exactly the weights the
+    one-process model has there, whichever stages other ranks build before it."""
     # Pipeline communication.
     pipeline_dtype: Optional[torch.dtype] = None
     """dtype of activations sent between stages; defaults to params_dtype."""
