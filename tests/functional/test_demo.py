@@ -8,7 +8,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 
 def test_run_demo_script(tmp_path):
-    env = dict(os.environ, DEMO_DIR=str(tmp_path / "demo"), WORKERS="2")
+    # A short run keeps the suite fast: 20 iterations, then the resume script runs on to 40.
+    env = dict(os.environ, DEMO_DIR=str(tmp_path / "demo"), WORKERS="2", DEMO_ITERS="20", TRAIN_ITERS="40",
+               LOG_INTERVAL="10")
     result = subprocess.run(["bash", os.path.join(REPO, "examples", "run_demo.sh")], env=env,
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -21,3 +23,13 @@ def test_run_demo_script(tmp_path):
     assert len(text.doc_idx) - 1 == documents == len(title.doc_idx) - 1
     assert len(text) > 5 * documents  # sentence-level
     assert (demo / "gpt2" / "vocab.json").exists() and (demo / "gpt2" / "merges.txt").exists()
+    tracker = demo / "checkpoints" / "gpt" / "latest_checkpointed_iteration.txt"
+    assert tracker.read_text().strip() == "20"
+    assert " iteration       20/      40 |" in result.stdout
+
+    resumed = subprocess.run(["bash", os.path.join(REPO, "examples", "resume_demo.sh")], env=env,
+                             capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert tracker.read_text().strip() == "40"
+    assert " iteration       30/      40 |" in resumed.stdout
+    assert " iteration       10/      40 |" not in resumed.stdout  # it resumed, not restarted

@@ -1,0 +1,155 @@
+"""Megatron-style log lines for the training loop: iteration lines, validation lines, TensorBoard.
+
+Losses exist on the last pipeline stage; the line is built there and handed to rank 0, which
+prints it (one object broadcast per logged iteration).
+"""
+import math
+from typing import Dict, Optional
+
+import torch
+import torch.distributed as dist
+
+from megatron.utils import num_floating_point_operations, throughput
+
+
+def _last_rank() -> int:
+    return dist.get_world_size() - 1 if dist.is_initialized() else 0
+
+
+def _rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def print_on_rank_0(line: Optional[str]) -> None:
+    """``line`` is known on the last rank; every rank must call this (it is a collective)."""
+    last = _last_rank()
+    if last != 0:
+        holder = [line if _rank() == last else None]
+        dist.broadcast_object_list(holder, src=last)
+        line = holder[0]
+    if _rank() == 0 and line is not None:
+        print(line, flush=True)
+
+
+class TrainingLogger:
+    """Accumulates losses and counters between log intervals, as Megatron's training_log does."""
+
+    def __init__(self, args, timers, writer=None):
+        self.args = args
+        self.timers = timers
+        self.writer = writer
+        self.total_losses: Dict[str, float] = {}
+        self.iterations = 0
+        self.skipped = 0
+        self.nan = 0
+
+    def flops_per_iteration(self, batch_size: int) -> float:
+        args = self.args
+        recompute = (getattr(args, "recompute_granularity", None) == "full")
+        seq_length = args.seq_length or args.encoder_seq_length
+        return num_floating_point_operations(batch_size, seq_length, args.num_layers, args.hidden_size,
+                                             args.padded_vocab_size, recompute)
+
+    def add(self, loss_dict: Dict[str, float], skipped_iter: int) -> None:
+        self.iterations += 1
+        self.skipped += skipped_iter
+        for key, value in loss_dict.items():
+            if not math.isfinite(value):
+                self.nan += 1
+            elif not skipped_iter:
+                self.total_losses[key] = self.total_losses.get(key, 0.0) + value
+
+    def log(self, iteration: int, consumed_samples: int, learning_rate: float, batch_size: int,
+            loss_scale: float, grad_norm: Optional[float], num_zeros: Optional[int],
+            params_norm: Optional[float], elapsed_seconds: float, loss_dict: Dict[str, float]) -> Optional[str]:
+        """TensorBoard every --tensorboard-log-interval; the line every --log-interval. Returns the line."""
+        args = self.args
+        writer = self.writer
+        if writer is not None and iteration % args.tensorboard_log_interval == 0:
+            if getattr(args, "log_learning_rate_to_tensorboard", True):
+                writer.add_scalar("learning-rate", learning_rate, iteration)
+                writer.add_scalar("learning-rate vs samples", learning_rate, consumed_samples)
+            if getattr(args, "log_batch_size_to_tensorboard", False):
+                writer.add_scalar("batch-size", batch_size, iteration)
+                writer.add_scalar("batch-size vs samples", batch_size, consumed_samples)
+            for key, value in loss_dict.items():
+                writer.add_scalar(key, value, iteration)
+                writer.add_scalar(key + " vs samples", value, consumed_samples)
+            if getattr(args, "log_loss_scale_to_tensorboard", True):
+                writer.add_scalar("loss-scale", loss_scale, iteration)
+                writer.add_scalar("loss-scale vs samples", loss_scale, consumed_samples)
+            if grad_norm is not None:
+                writer.add_scalar("grad-norm", grad_norm, iteration)
+            if num_zeros is not None:
+                writer.add_scalar("num-zeros", num_zeros, iteration)
+            if params_norm is not None:
+                writer.add_scalar("params-norm", params_norm, iteration)
+            if getattr(args, "log_timers_to_tensorboard", False):
+                self.timers.write(["forward-backward", "optimizer"], writer, iteration,
+                                  normalizer=1.0, reset=False)
+        if iteration % args.log_interval != 0:
+            return None
+        per_iteration = elapsed_seconds / max(self.iterations, 1)
+        tflops, mfu = throughput(self.flops_per_iteration(batch_size), per_iteration, args.world_size,
+                                 args.peak_flops_per_gpu or 0.0)
+        if writer is not None:
+            writer.add_scalar("iteration-time", per_iteration, iteration)
+            writer.add_scalar("throughput (TFLOP/s/GPU)", tflops, iteration)
+        if args.train_iters:
+            total = args.train_iters
+        else:  # --train-samples: the iterations left at the current batch size
+            total = iteration + max(0, math.ceil((args.train_samples - consumed_samples) / batch_size))
+        line = (f" iteration {iteration:8d}/{total:8d} |"
+                f" consumed samples: {consumed_samples:12d} |"
+                f" elapsed time per iteration (ms): {per_iteration * 1000.0:.1f} |"
+                f" learning rate: {learning_rate:.3E} |"
+                f" global batch size: {batch_size:5d} |")
+        counted = max(self.iterations - self.skipped, 1)
+        for key in sorted(self.total_losses) or sorted(loss_dict):
+            average = self.total_losses.get(key, float("nan")) / counted
+            line += f" {key}: {average:.6E} |"
+        line += f" loss scale: {loss_scale:.1f} |"
+        if grad_norm is not None:
+            line += f" grad norm: {grad_norm:.3f} |"
+        if num_zeros is not None:
+            line += f" num zeros: {num_zeros:.1f} |"
+        if params_norm is not None:
+            line += f" params norm: {params_norm:.3f} |"
+        line += (f" number of skipped iterations: {self.skipped:3d} |"
+                 f" number of nan iterations: {self.nan:3d} |"
+                 f" TFLOP/s per GPU: {tflops:.3f} |")
+        if mfu is not None:
+            line += f" MFU: {100.0 * mfu:.2f}% |"
+        self.total_losses, self.iterations, self.skipped, self.nan = {}, 0, 0, 0
+        return line
+
+
+def validation_line(label: str, loss_dict: Dict[str, float]) -> str:
+    """``{label} | lm loss value: X | lm loss PPL: Y |`` framed by dashes; ``label`` is e.g.
+    ``validation loss at iteration 100``."""
+    parts = []
+    for key in sorted(loss_dict):
+        value = loss_dict[key]
+        ppl = math.exp(min(20.0, value)) if math.isfinite(value) else float("nan")
+        parts.append(f"{key} value: {value:.6E} | {key} PPL: {ppl:.6E} |")
+    text = f" {label} | " + " ".join(parts)
+    rule = "-" * len(text)
+    return f"{rule}\n{text}\n{rule}"
+
+
+def write_validation(writer, split: str, loss_dict: Dict[str, float], iteration: int, consumed_samples: int,
+                     log_ppl: bool) -> None:
+    """``{key} validation`` (or ``{key} test``) scalars, and their perplexity with ``log_ppl``."""
+    if writer is None:
+        return
+    for key, value in loss_dict.items():
+        writer.add_scalar(f"{key} {split}", value, iteration)
+        writer.add_scalar(f"{key} {split} vs samples", value, consumed_samples)
+        if log_ppl:
+            ppl = math.exp(min(20.0, value))
+            writer.add_scalar(f"{key} {split} ppl", ppl, iteration)
+            writer.add_scalar(f"{key} {split} ppl vs samples", ppl, consumed_samples)
+
+
+def tensor_to_float_dict(loss_dict: Dict[str, torch.Tensor]) -> Dict[str, float]:
+    return {key: float(value) for key, value in loss_dict.items()}

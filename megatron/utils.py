@@ -1,0 +1,129 @@
+"""Training-layer helpers: loss averaging across data-parallel ranks, GPT masks and position ids,
+throughput (Megatron's FLOPs formula), and rank-0 printing."""
+from typing import Dict, Iterable, List, Optional, Tuple
+
+import torch
+import torch.distributed as dist
+
+
+def print_rank_0(message: str) -> None:
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        print(message, flush=True)
+
+
+def is_last_rank() -> bool:
+    return not dist.is_initialized() or dist.get_rank() == dist.get_world_size() - 1
+
+
+def print_rank_last(message: str) -> None:
+    """Losses live on the last pipeline stage, so iteration lines are printed by the last rank."""
+    if is_last_rank():
+        print(message, flush=True)
+
+
+def average_losses_across_data_parallel_group(losses: List[torch.Tensor], group=None) -> torch.Tensor:
+    """Mean of each loss over the data-parallel ranks (for reporting; gradients are already averaged)."""
+    averaged = torch.cat([loss.detach().float().reshape(1) for loss in losses])
+    if group is not None and dist.is_initialized() and dist.get_world_size(group) > 1:
+        dist.all_reduce(averaged, group=group)
+        averaged = averaged / dist.get_world_size(group)
+    return averaged
+
+
+def masked_mean(per_token: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``per_token`` [b, s] over the positions where ``loss_mask`` is 1."""
+    mask = loss_mask.reshape(-1).float()
+    # An all-zero mask (a micro-batch of padding) scores 0 instead of 0/0; no host sync to check it.
+    return torch.sum(per_token.reshape(-1).float() * mask) / mask.sum().clamp(min=1.0)
+
+
+def get_ltor_masks_and_position_ids(data: torch.Tensor, eod_token: Optional[int], reset_position_ids: bool,
+                                    reset_attention_mask: bool, eod_mask_loss: bool
+                                    ) -> Tuple[Optional[torch.Tensor], torch.Tensor, torch.Tensor]:
+    """Left-to-right masks for GPT: (attention_mask, loss_mask, position_ids).
+
+    ``attention_mask`` is ``[b, 1, s, s]`` bool, True where attention is forbidden (causal plus,
+    with ``reset_attention_mask``, no attention across end-of-document tokens), or None when
+    the model's own causal mask suffices. ``reset_position_ids`` restarts positions after each
+    end-of-document token; ``eod_mask_loss`` drops the loss on end-of-document tokens.
+    """
+    micro_batch_size, seq_length = data.shape
+    loss_mask = torch.ones(data.shape, dtype=torch.float, device=data.device)
+    if eod_mask_loss:
+        if eod_token is None:
+            raise ValueError("--eod-mask-loss needs a tokenizer with an end-of-document token")
+        loss_mask[data == eod_token] = 0.0
+    position_ids = torch.arange(seq_length, dtype=torch.long, device=data.device).unsqueeze(0).expand_as(data).clone()
+    if not (reset_position_ids or reset_attention_mask):
+        return None, loss_mask, position_ids
+    if eod_token is None:
+        raise ValueError("--reset-position-ids/--reset-attention-mask need a tokenizer with an end-of-document token")
+    keep = None
+    if reset_attention_mask:
+        keep = torch.tril(torch.ones((micro_batch_size, seq_length, seq_length), dtype=torch.bool, device=data.device))
+    for b in range(micro_batch_size):
+        eod_positions = (data[b] == eod_token).nonzero(as_tuple=True)[0].tolist()
+        previous = 0
+        for position in eod_positions:
+            if reset_attention_mask:
+                # Tokens after this end-of-document cannot see it or anything before it.
+                keep[b, position + 1:, :position + 1] = False
+            if reset_position_ids:
+                position_ids[b, position + 1:] -= position + 1 - previous
+                previous = position + 1
+    attention_mask = None if keep is None else (~keep).unsqueeze(1)
+    return attention_mask, loss_mask, position_ids
+
+
+def num_floating_point_operations(batch_size: int, seq_length: int, num_layers: int, hidden_size: int,
+                                  padded_vocab_size: int, recompute: bool) -> float:
+    """Megatron's FLOPs per iteration for a GPT-style model (Narayanan et al., 2021, eq. 3).
+
+    One layer's forward matrix multiplies cost ``24 B s h^2 + 4 B s^2 h`` FLOPs (QKV, scores,
+    attention over values, projection, 4h MLP; 2 FLOPs per multiply-add) and the logits
+    ``2 B s h V``. Backward costs twice the forward, so one iteration is 3 forward passes,
+    4 with full recomputation:
+    ``24 * passes * B s L h^2 (1 + s / 6h + V / 16 L h)``, i.e. 96 B s L h^2 (...) with recompute.
+    """
+    passes = 4 if recompute else 3
+    return (24 * passes * batch_size * seq_length * num_layers * hidden_size ** 2
+            * (1.0 + seq_length / (6.0 * hidden_size) + padded_vocab_size / (16.0 * num_layers * hidden_size)))
+
+
+def throughput(flops_per_iteration: float, seconds_per_iteration: float, world_size: int,
+               peak_flops_per_gpu: float) -> Tuple[float, Optional[float]]:
+    """(TFLOP/s per GPU, model FLOPs utilisation or None when the peak is unknown)."""
+    if seconds_per_iteration <= 0:
+        return 0.0, None
+    per_gpu = flops_per_iteration / (seconds_per_iteration * world_size)
+    mfu = per_gpu / peak_flops_per_gpu if peak_flops_per_gpu and peak_flops_per_gpu > 0 else None
+    return per_gpu / 1e12, mfu
+
+
+def calc_params_l2_norm(model_chunks: Iterable[torch.nn.Module], pg) -> float:
+    """L2 norm of all parameters, each counted once across TP shards and pipeline stages."""
+    squares = torch.zeros(1, dtype=torch.float64)
+    for chunk in model_chunks:
+        for name, param in chunk.named_parameters():
+            # The last stage's copy of the tied word embedding is the first stage's weight.
+            if "word_embeddings_for_head" in name:
+                continue
+            replicated = not getattr(param, "tensor_model_parallel", False)
+            if replicated and pg.tp_rank != 0:
+                continue
+            squares += param.detach().double().pow(2).sum().cpu()
+    if dist.is_initialized() and pg.mp is not None and len(pg.mp_ranks) > 1:
+        dist.all_reduce(squares, group=pg.mp)
+    return float(squares.sqrt().item())
+
+
+def report_memory(name: str) -> Dict[str, float]:
+    """CUDA allocator statistics in MB (empty on the CPU)."""
+    if not torch.cuda.is_available():
+        return {}
+    mb = 1024 * 1024
+    return {
+        f"{name} allocated": torch.cuda.memory_allocated() / mb,
+        f"{name} max allocated": torch.cuda.max_memory_allocated() / mb,
+        f"{name} reserved": torch.cuda.memory_reserved() / mb,
+    }

@@ -1,0 +1,112 @@
+"""Shared helpers for the training functional tests (no tests here): the demo data, prepared once
+per process, running the pretrain scripts under ``torchrun`` and parsing their iteration lines."""
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from typing import Dict, List, Optional
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+_DATA_DIR: Optional[str] = None
+
+ITERATION_RE = re.compile(r"^ iteration\s+(\d+)/\s*(\d+) \|(.*)$", re.M)
+VALIDATION_RE = re.compile(r"^ (validation|test) loss at (.*?) \| (.*)$", re.M)
+
+
+def _run_tool(*args: str) -> None:
+    subprocess.run([sys.executable, *args], check=True, cwd=REPO, capture_output=True, text=True, timeout=600)
+
+
+def demo_data() -> str:
+    """A directory with the demo corpus preprocessed for GPT (BPE trained on it) and BERT."""
+    global _DATA_DIR
+    if _DATA_DIR is not None:
+        return _DATA_DIR
+    directory = tempfile.mkdtemp(prefix="megatron_train_data_")
+    _run_tool("tools/make_demo_corpus.py", "--output", f"{directory}/corpus.json")
+    _run_tool("tools/train_tokenizer.py", "--input", f"{directory}/corpus.json", "--json-keys", "text",
+              "--tokenizer-type", "GPT2BPETokenizer", "--vocab-size", "4096", "--output-dir", f"{directory}/gpt2")
+    _run_tool("tools/preprocess_data.py", "--input", f"{directory}/corpus.json", "--output-prefix", f"{directory}/gpt",
+              "--vocab", f"{directory}/gpt2/vocab.json", "--merge-file", f"{directory}/gpt2/merges.txt",
+              "--tokenizer-type", "GPT2BPETokenizer", "--append-eod", "--workers", "1")
+    from megatron.tokenizer import bert_uncased_vocab_path
+
+    _run_tool("tools/preprocess_data.py", "--input", f"{directory}/corpus.json", "--json-keys", "text",
+              "--split-sentences", "--tokenizer-type", "BertWordPieceLowerCase", "--vocab-file",
+              bert_uncased_vocab_path(), "--output-prefix", f"{directory}/bert", "--workers", "1")
+    _DATA_DIR = directory
+    return directory
+
+
+def gpt_args(data: str, *extra: str, train_iters: Optional[int] = 10, layers: int = 2) -> List[str]:
+    """A tiny GPT with no dropout (so every layout computes the same losses); ``train_iters=None``
+    leaves the length (--train-iters or --train-samples) and the warm-up to ``extra``."""
+    length = ["--train-iters", str(train_iters), "--lr-warmup-iters", "2"] if train_iters is not None else []
+    return ["--num-layers", str(layers), "--hidden-size", "32", "--num-attention-heads", "4",
+            "--seq-length", "32", "--max-position-embeddings", "32",
+            "--micro-batch-size", "2", "--global-batch-size", "8", *length,
+            "--lr", "1e-3", "--min-lr", "1e-4", "--lr-decay-style", "cosine",
+            "--weight-decay", "0.01", "--clip-grad", "1.0",
+            "--hidden-dropout", "0", "--attention-dropout", "0", "--seed", "1234",
+            "--data-path", f"{data}/gpt_text_document", "--vocab-file", f"{data}/gpt2/vocab.json",
+            "--merge-file", f"{data}/gpt2/merges.txt", "--tokenizer-type", "GPT2BPETokenizer",
+            "--split", "949,50,1", "--log-interval", "1", "--eval-interval", "1000", "--eval-iters", "1",
+            "--distributed-backend", "gloo", *extra]
+
+
+def run_script(script: str, args: List[str], nproc: int = 1, timeout: float = 300, env: Optional[dict] = None,
+               check: bool = True, launcher: str = "torchrun") -> subprocess.CompletedProcess:
+    """``python SCRIPT ARGS`` (nproc 1) or under ``torchrun --standalone --nproc_per_node N``."""
+    full_env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    full_env.update(env or {})
+    if nproc == 1 and launcher == "torchrun":
+        command = [sys.executable, os.path.join(REPO, script), *args]
+    elif launcher == "launch":
+        command = [sys.executable, "-m", "torch.distributed.launch", "--nproc_per_node", str(nproc),
+                   "--master_port", str(_free_port()), os.path.join(REPO, script), *args]
+    else:
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
+                   os.path.join(REPO, script), *args]
+    result = subprocess.run(command, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(command[:6])} ... exited {result.returncode}\n"
+                             f"stdout tail:\n{result.stdout[-3000:]}\nstderr tail:\n{result.stderr[-5000:]}")
+    return result
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def parse_iterations(stdout: str) -> Dict[int, Dict[str, float]]:
+    """{iteration: {field: value}} from the Megatron-style iteration lines."""
+    result = {}
+    for match in ITERATION_RE.finditer(stdout):
+        fields = {}
+        for part in match.group(3).split("|"):
+            if ":" not in part:
+                continue
+            key, value = part.rsplit(":", 1)
+            value = value.strip().rstrip("%")
+            try:
+                fields[key.strip()] = float(value)
+            except ValueError:
+                continue
+        result[int(match.group(1))] = fields
+    return result
+
+
+def losses(stdout: str, key: str = "lm loss") -> List[float]:
+    parsed = parse_iterations(stdout)
+    return [parsed[i][key] for i in sorted(parsed)]
+
+
+def assert_close(got: List[float], want: List[float], rtol: float, label: str) -> None:
+    assert len(got) == len(want) and want, f"{label}: {len(got)} losses vs {len(want)} in the reference"
+    for i, (g, w) in enumerate(zip(got, want)):
+        assert abs(g - w) <= rtol * abs(w), f"{label}: iteration {i + 1} loss {g!r} vs reference {w!r}"
