@@ -22,7 +22,9 @@ def model_provider(pre_process=True, post_process=True):
     args = get_args()
     print_rank_0("building BERT model ...")
     return BertModel(core_transformer_config_from_args(args), vocab_size=args.padded_vocab_size,
-                     max_sequence_length=args.max_position_embeddings, num_tokentypes=2,
+                     # Token types only mean something with two segments (the binary head's A and B).
+                     max_sequence_length=args.max_position_embeddings,
+                     num_tokentypes=2 if _binary_head(args) else 0,
                      add_binary_head=_binary_head(args), parallel_output=True, pre_process=pre_process,
                      post_process=post_process, fp16_lm_cross_entropy=args.fp16_lm_cross_entropy)
 

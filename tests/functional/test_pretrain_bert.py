@@ -38,3 +38,10 @@ def test_bert_pipeline_parallel_matches_single_process(bert_args, reference):
 @pytest.mark.slow
 def test_bert_tensor_parallel_matches_single_process(bert_args, reference):
     _check(bert_args, reference, ["--tensor-model-parallel-size", "2"], 2, "bert tp2")
+
+
+def test_bert_without_binary_head_trains_the_masked_lm_alone(bert_args):
+    stdout = run_script("pretrain_bert.py", bert_args + ["--bert-no-binary-head"]).stdout
+    lm = losses(stdout, "lm loss")
+    assert len(lm) == 6 and all(loss == loss for loss in lm)  # six finite (non-NaN) losses
+    assert "sop loss" not in stdout
