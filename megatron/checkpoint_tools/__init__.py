@@ -1,0 +1,1 @@
+"""Offline checkpoint tools: resharding between parallel layouts and Hugging Face conversion."""

@@ -1,0 +1,309 @@
+"""Move a checkpoint's model weights between tensor- and pipeline-parallel layouts, offline.
+
+Every shard file is read, merged into one full flat state dict with global layer numbers
+(``merge_shards``), and split again for the target layout (``split_full``); no process group is
+needed. Which dimension a tensor is split along follows from its name, the way Megatron-LM's
+layers are built:
+
+* vocabulary-parallel (rows): ``word_embeddings.weight``, ``word_embeddings_for_head.weight``,
+  ``lm_head.bias`` - padded to a multiple of ``make_vocab_size_divisible_by x TP``;
+* column-parallel (rows): ``query_key_value``, ``query``, ``key_value``, ``dense_h_to_4h`` (weights
+  and biases). Fused QKV rows are ``[heads, 3, head_dim]`` per shard, so shards concatenate whole;
+* row-parallel (columns): the attention output ``dense.weight`` and ``dense_4h_to_h.weight``;
+* everything else (layer norms, row-parallel biases, position embeddings, heads) is replicated.
+
+Pipeline stages number their layers from 0; the full dict numbers them globally. The embedding
+lives on the first stage, the final layer norm, pooler and heads on the last, which also keeps a
+copy of the word embeddings (``word_embeddings_for_head``) when there is more than one stage.
+"""
+import argparse
+import copy
+import os
+import re
+import shutil
+from typing import Dict, List, Optional, Tuple
+
+import torch
+
+from megatron.checkpoint_state import (
+    fix_query_key_value_ordering,
+    flatten_state_dict,
+    nest_state_dict,
+    rename_legacy_keys,
+)
+from megatron.checkpointing import (
+    CHECKPOINT_VERSION,
+    MODEL_FILENAME,
+    CheckpointError,
+    _fsync_dir,
+    _load_file,
+    _publish,
+    _remove_stale_save_dirs,
+    _resolve_iteration_dir,
+    _saved_arg,
+    get_checkpoint_tracker_filename,
+    read_tracker,
+)
+from megatron.core.fileio import atomic_open, atomic_write_text
+
+Shards = Dict[Tuple[int, int], Dict[str, torch.Tensor]]  # (tp_rank, pp_rank) -> flat state dict
+
+_VOCAB_PARALLEL = ("word_embeddings.weight", "word_embeddings_for_head.weight", "lm_head.bias")
+_COLUMN_PARALLEL = re.compile(r"\.(query_key_value|query|key_value|dense_h_to_4h)\.(weight|bias)$")
+_ROW_PARALLEL = re.compile(r"\.(self_attention|inter_attention|mlp)\.(dense|dense_4h_to_h)\.weight$")
+_LAYER = re.compile(r"^(.*\.(?:encoder|decoder)\.layers)\.(\d+)\.(.*)$")
+_EMBEDDING_HEAD_COPY = "word_embeddings_for_head.weight"
+_WORD_EMBEDDINGS = "language_model.embedding.word_embeddings.weight"
+
+
+def split_dim(name: str) -> Optional[int]:
+    """The dimension ``name`` is split along across tensor-parallel ranks, or None when replicated."""
+    if name.endswith(_VOCAB_PARALLEL) or _COLUMN_PARALLEL.search(name):
+        return 0
+    if _ROW_PARALLEL.search(name):
+        return 1
+    return None
+
+
+def _rank_dirname(tp_rank: int, pp_rank: int, pp_size: int) -> str:
+    return f"mp_rank_{tp_rank:02d}_{pp_rank:03d}" if pp_size > 1 else f"mp_rank_{tp_rank:02d}"
+
+
+# -- reading ------------------------------------------------------------------------------------
+class SourceCheckpoint:
+    """All shard files of one checkpoint iteration, flattened (legacy names and QKV orders fixed)."""
+
+    def __init__(self, load_dir: str):
+        self.load_dir = load_dir
+        self.iteration, self.release = read_tracker(load_dir)
+        self.iteration_dir = _resolve_iteration_dir(load_dir, self.iteration, self.release)
+        first = self._file(0, 0)
+        state = _load_file(first)
+        self.args = state.get("args")
+        if self.args is None:
+            raise CheckpointError(f"{first} holds no arguments; the layout and model shape cannot be known")
+        if isinstance(self.args, dict):
+            self.args = argparse.Namespace(**self.args)
+        self.tp = _saved_arg(self.args, "tensor_model_parallel_size") or 1
+        self.pp = _saved_arg(self.args, "pipeline_model_parallel_size") or 1
+        self.checkpoint_version = float(state.get("checkpoint_version", 0))
+        self.shards: Dict[Tuple[int, int], List[Dict[str, torch.Tensor]]] = {}
+        for pp_rank in range(self.pp):
+            for tp_rank in range(self.tp):
+                path = self._file(tp_rank, pp_rank)
+                loaded = state if (tp_rank, pp_rank) == (0, 0) else _load_file(path)
+                self.shards[(tp_rank, pp_rank)] = self._chunks(loaded, path)
+
+    def _file(self, tp_rank: int, pp_rank: int) -> str:
+        pp = getattr(self, "pp", None)
+        candidates = [_rank_dirname(tp_rank, pp_rank, pp)] if pp is not None else [
+            _rank_dirname(tp_rank, pp_rank, 2), _rank_dirname(tp_rank, pp_rank, 1)]
+        for name in candidates:
+            path = os.path.join(self.iteration_dir, name, MODEL_FILENAME)
+            if os.path.isfile(path):
+                return path
+        present = sorted(n for n in os.listdir(self.iteration_dir) if n.startswith("mp_rank_"))
+        raise CheckpointError(f"checkpoint file {os.path.join(self.iteration_dir, candidates[0], MODEL_FILENAME)} "
+                              f"does not exist; {self.iteration_dir} holds {present[:8]}")
+
+    def _chunks(self, state: dict, path: str) -> List[Dict[str, torch.Tensor]]:
+        keys = ["model"] if "model" in state else sorted(
+            (k for k in state if re.fullmatch(r"model\d+", k)), key=lambda k: int(k[5:]))
+        if not keys:
+            raise CheckpointError(f"{path} holds no model weights ('model' or 'model0'...)")
+        chunks = []
+        for key in keys:
+            flat = rename_legacy_keys(flatten_state_dict(state[key]))
+            if self.checkpoint_version < 2.0:
+                head_dim = (_saved_arg(self.args, "kv_channels")
+                            or self.args.hidden_size // self.args.num_attention_heads)
+                flat = fix_query_key_value_ordering(flat, self.checkpoint_version, head_dim)
+            chunks.append(flat)
+        return chunks
+
+
+def _chunk_layer_offsets(num_layers: int, pp: int, pp_rank: int, num_chunks: int) -> List[int]:
+    """The global index of the first layer of each (virtual) chunk on stage ``pp_rank``."""
+    per_chunk = num_layers // (pp * num_chunks)
+    return [c * num_layers // num_chunks + pp_rank * per_chunk for c in range(num_chunks)]
+
+
+def _is_encoder_decoder(keys) -> bool:
+    return any(".decoder." in key for key in keys)
+
+
+def merge_shards(source: SourceCheckpoint) -> Dict[str, torch.Tensor]:
+    """One full flat state dict: tensor-parallel shards concatenated, layers numbered globally."""
+    args = source.args
+    first_keys = source.shards[(0, 0)][0].keys()
+    if _is_encoder_decoder(first_keys) and source.pp > 1:
+        raise CheckpointError(f"{source.load_dir}: resharding an encoder-decoder (T5) checkpoint saved with "
+                              f"pipeline_model_parallel_size {source.pp} is not supported; only PP 1")
+    full: Dict[str, torch.Tensor] = {}
+    for pp_rank in range(source.pp):
+        per_tp = [source.shards[(tp_rank, pp_rank)] for tp_rank in range(source.tp)]
+        offsets = _chunk_layer_offsets(args.num_layers, source.pp, pp_rank, len(per_tp[0]))
+        for chunk_index, offset in enumerate(offsets):
+            chunk_shards = [chunks[chunk_index] for chunks in per_tp]
+            for name, tensor in chunk_shards[0].items():
+                if not isinstance(tensor, torch.Tensor):
+                    continue
+                if name == _EMBEDDING_HEAD_COPY:
+                    continue  # the last stage's copy of the (tied) word embeddings; the first stage's is kept
+                dim = split_dim(name)
+                if dim is None or source.tp == 1:
+                    merged = tensor
+                else:
+                    try:
+                        merged = torch.cat([shard[name] for shard in chunk_shards], dim=dim)
+                    except KeyError:
+                        raise CheckpointError(f"{source.load_dir}: {name} is missing from a tensor-parallel "
+                                              f"shard of pipeline stage {pp_rank}") from None
+                layer = _LAYER.match(name)
+                if layer is not None and not _is_encoder_decoder(first_keys):
+                    name = f"{layer.group(1)}.{int(layer.group(2)) + offset}.{layer.group(3)}"
+                full[name] = merged.clone()
+    return full
+
+
+# -- vocabulary padding -------------------------------------------------------------------------
+def target_padded_vocab_size(args, target_tp: int, true_vocab_size: Optional[int]) -> int:
+    """The padded vocabulary a run at ``target_tp`` computes, from the true vocabulary size.
+
+    The true size comes from ``true_vocab_size``, else the saved ``--vocab-size``, else the saved
+    tokenizer files; a padded size already a multiple of the target's is kept when none is known.
+    """
+    from megatron.tokenizer.build import build_tokenizer, vocab_size_with_padding
+
+    divisible_by = _saved_arg(args, "make_vocab_size_divisible_by") or 128
+    padding_args = argparse.Namespace(make_vocab_size_divisible_by=divisible_by, tensor_model_parallel_size=target_tp)
+    if true_vocab_size is None and _saved_arg(args, "vocab_size"):
+        true_vocab_size = args.vocab_size + (_saved_arg(args, "vocab_extra_ids") or 0)
+    if true_vocab_size is None and _saved_arg(args, "tokenizer_type"):
+        tokenizer_args = copy.copy(args)
+        tokenizer_args.rank = 1  # silent
+        try:
+            true_vocab_size = build_tokenizer(tokenizer_args).vocab_size
+        except (OSError, ValueError):
+            true_vocab_size = None
+    if true_vocab_size is not None:
+        return vocab_size_with_padding(true_vocab_size, padding_args)
+    padded = args.padded_vocab_size
+    if padded % (divisible_by * target_tp) != 0:
+        raise CheckpointError(
+            f"the saved padded vocabulary {padded} is not a multiple of make_vocab_size_divisible_by {divisible_by} "
+            f"x target TP {target_tp} and the tokenizer files are not readable: pass --true-vocab-size")
+    return padded
+
+
+def _repad(tensor: torch.Tensor, rows: int) -> torch.Tensor:
+    """Cut or zero-pad the vocabulary rows; the padding rows are never a real token's."""
+    if tensor.shape[0] >= rows:
+        return tensor[:rows].clone()
+    pad = torch.zeros((rows - tensor.shape[0], *tensor.shape[1:]), dtype=tensor.dtype)
+    return torch.cat([tensor, pad], dim=0)
+
+
+# -- splitting ----------------------------------------------------------------------------------
+def _stage_of(name: str, layers_per_stage: int, pp: int) -> Tuple[int, str]:
+    """(pipeline stage, local name) for a full-dict parameter name."""
+    layer = _LAYER.match(name)
+    if layer is not None:
+        index = int(layer.group(2))
+        return index // layers_per_stage, f"{layer.group(1)}.{index % layers_per_stage}.{layer.group(3)}"
+    if name.startswith("language_model.embedding."):
+        return 0, name
+    return pp - 1, name  # final layer norm, pooler and heads
+
+
+def split_full(full: Dict[str, torch.Tensor], num_layers: int, tp: int, pp: int,
+               padded_vocab_size: int) -> Shards:
+    """The flat state dict of every (tp_rank, pp_rank) of the target layout."""
+    if num_layers % pp != 0:
+        raise CheckpointError(f"--target-pipeline-parallel-size {pp} does not divide num_layers {num_layers}")
+    if _is_encoder_decoder(full) and pp > 1:
+        raise CheckpointError(f"--target-pipeline-parallel-size {pp}: encoder-decoder (T5) checkpoints are "
+                              f"resharded to pipeline size 1 only")
+    shards: Shards = {(t, p): {} for t in range(tp) for p in range(pp)}
+    layers_per_stage = num_layers // pp
+    items = dict(full)
+    if pp > 1 and _WORD_EMBEDDINGS in items:
+        items["\0head"] = items[_WORD_EMBEDDINGS]  # the last stage's copy, placed below
+    for name, tensor in items.items():
+        if name == "\0head":
+            stage, local = pp - 1, _EMBEDDING_HEAD_COPY
+        else:
+            stage, local = (0, name) if _is_encoder_decoder(full) else _stage_of(name, layers_per_stage, pp)
+        if local.endswith(_VOCAB_PARALLEL):
+            tensor = _repad(tensor, padded_vocab_size)
+        dim = split_dim(local)
+        if dim is not None and tensor.shape[dim] % tp != 0:
+            raise CheckpointError(f"{local} has {tensor.shape[dim]} entries along dimension {dim}, not divisible "
+                                  f"by --target-tensor-parallel-size {tp}")
+        for tp_rank in range(tp):
+            part = tensor if dim is None else torch.chunk(tensor, tp, dim=dim)[tp_rank]
+            shards[(tp_rank, stage)][local] = part.clone()
+    return shards
+
+
+# -- writing ------------------------------------------------------------------------------------
+def target_args(args, tp: int, pp: int, padded_vocab_size: int):
+    """The saved arguments, describing the target layout (checked by the loader)."""
+    new = copy.copy(args)
+    new.tensor_model_parallel_size = tp
+    new.pipeline_model_parallel_size = pp
+    new.padded_vocab_size = padded_vocab_size
+    for name in ("virtual_pipeline_model_parallel_size", "num_layers_per_virtual_pipeline_stage"):
+        if hasattr(new, name):
+            setattr(new, name, None)
+    if hasattr(new, "model_parallel_size"):
+        new.model_parallel_size = tp
+    return new
+
+
+def write_checkpoint(save_dir: str, shards: Shards, args, iteration: int, release: bool) -> str:
+    """Write the shards in Megatron's layout: built as ``.partial``, renamed whole, tracker last.
+
+    Only model weights and arguments are written (no optimizer or RNG state: those belong to one
+    layout), so a resumed run loads it with ``--no-load-optim --no-load-rng`` or ``--finetune``.
+    """
+    pp = max(p for _, p in shards) + 1
+    os.makedirs(save_dir, exist_ok=True)
+    _remove_stale_save_dirs(save_dir)
+    final_dir = os.path.join(save_dir, "release" if release else f"iter_{iteration:07d}")
+    partial_dir = final_dir + ".partial"
+    if os.path.exists(partial_dir):
+        shutil.rmtree(partial_dir)
+    os.makedirs(partial_dir)
+    for (tp_rank, pp_rank), flat in sorted(shards.items()):
+        rank_dir = os.path.join(partial_dir, _rank_dirname(tp_rank, pp_rank, pp))
+        os.makedirs(rank_dir, exist_ok=True)
+        state = {"args": args, "checkpoint_version": CHECKPOINT_VERSION, "iteration": iteration,
+                 "model": nest_state_dict(flat)}
+        with atomic_open(os.path.join(rank_dir, MODEL_FILENAME), "wb") as f:
+            torch.save(state, f)
+        _fsync_dir(rank_dir)
+    _fsync_dir(partial_dir)
+    _publish(partial_dir, final_dir)
+    atomic_write_text(get_checkpoint_tracker_filename(save_dir), "release\n" if release else f"{iteration}\n")
+    _fsync_dir(save_dir)
+    return final_dir
+
+
+def reshard_checkpoint(load_dir: str, save_dir: str, target_tp: int, target_pp: int,
+                       true_vocab_size: Optional[int] = None) -> str:
+    """Read ``load_dir`` at any layout and write it to ``save_dir`` at ``target_tp x target_pp``."""
+    if target_tp < 1 or target_pp < 1:
+        raise CheckpointError(f"target sizes must be at least 1 (got TP {target_tp}, PP {target_pp})")
+    if os.path.abspath(load_dir) == os.path.abspath(save_dir):
+        raise CheckpointError(f"--save-dir {save_dir} must differ from --load-dir")
+    source = SourceCheckpoint(load_dir)
+    full = merge_shards(source)
+    heads = source.args.num_attention_heads
+    if heads % target_tp != 0:
+        raise CheckpointError(f"--target-tensor-parallel-size {target_tp} does not divide "
+                              f"num_attention_heads {heads}")
+    padded = target_padded_vocab_size(source.args, target_tp, true_vocab_size)
+    shards = split_full(full, source.args.num_layers, target_tp, target_pp, padded)
+    args = target_args(source.args, target_tp, target_pp, padded)
+    return write_checkpoint(save_dir, shards, args, source.iteration, source.release)

@@ -1,0 +1,99 @@
+"""tools/checkpoint_util.py and tools/merge_mp_partitions.py end to end: a GPT trained at TP2 x PP2
+is resharded, and every layout computes the same validation and test losses (fixed batches) as the
+original computed at the end of its training."""
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from test_training_lib import REPO, demo_data, gpt_args, run_script
+
+COMMON = ["--split", "90,8,2", "--num-workers", "0"]
+TP2PP2 = ["--tensor-model-parallel-size", "2", "--pipeline-model-parallel-size", "2"]
+
+
+@pytest.fixture(scope="module")
+def data():
+    return demo_data()
+
+
+def eval_losses(stdout):
+    """The validation losses at the first evaluation and at the end, and the test loss."""
+    return [float(value) for value in re.findall(r"(?:validation|test) loss at .*?lm loss value: (\S+)", stdout)]
+
+
+@pytest.fixture(scope="module")
+def trained(data, tmp_path_factory):
+    """A GPT checkpoint trained 4 iterations at TP2 x PP2, and its losses on the validation/test batches."""
+    save = str(tmp_path_factory.mktemp("ckpt") / "tp2pp2")
+    result = run_script("pretrain_gpt.py", gpt_args(data, *COMMON, *TP2PP2, "--save", save, "--save-interval", "4",
+                                                    "--eval-interval", "4", train_iters=4), nproc=4, timeout=600)
+    want = eval_losses(result.stdout)
+    assert len(want) == 3, result.stdout[-2000:]
+    return save, want
+
+
+def loaded_losses(data, load, nproc, layout):
+    """The same evaluations from the loaded weights: one step at learning rate 0 leaves them unchanged, and
+    --finetune starts the validation data from its first batch as the original's first evaluation did."""
+    args = gpt_args(data, *COMMON, "--load", load, "--finetune", "--lr", "0", "--min-lr", "0",
+                    "--lr-warmup-iters", "0", "--eval-interval", "1", *layout,
+                    train_iters=None) + ["--train-iters", "1"]
+    return eval_losses(run_script("pretrain_gpt.py", args, nproc=nproc, timeout=600).stdout)
+
+
+def tool(script, *args, check=True):
+    result = subprocess.run([sys.executable, os.path.join(REPO, "tools", script), *args],
+                            capture_output=True, text=True, timeout=300)
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+def test_reshard_to_tp1_gives_the_same_loss(data, trained, tmp_path):
+    trained, original_loss = trained
+    out = str(tmp_path / "tp1")
+    tool("checkpoint_util.py", "--model-type", "GPT", "--load-dir", trained, "--save-dir", out,
+         "--target-tensor-parallel-size", "1", "--target-pipeline-parallel-size", "1")
+    assert sorted(os.listdir(os.path.join(out, "iter_0000004"))) == ["mp_rank_00"]
+    with open(os.path.join(out, "latest_checkpointed_iteration.txt")) as f:
+        assert f.read().strip() == "4"
+    assert loaded_losses(data, out, 1, []) == pytest.approx(original_loss, rel=1e-5)
+
+
+@pytest.mark.slow
+def test_reshard_to_tp4_gives_the_same_loss(data, trained, tmp_path):
+    trained, original_loss = trained
+    out = str(tmp_path / "tp4")
+    tool("checkpoint_util.py", "--load-dir", trained, "--save-dir", out, "--target-tensor-parallel-size", "4")
+    assert sorted(os.listdir(os.path.join(out, "iter_0000004"))) == [f"mp_rank_0{i}" for i in range(4)]
+    assert loaded_losses(data, out, 4, ["--tensor-model-parallel-size", "4"]) == pytest.approx(original_loss, rel=1e-5)
+
+
+@pytest.mark.slow
+def test_merge_mp_partitions_keeps_pipeline_stages(data, trained, tmp_path):
+    trained, original_loss = trained
+    out = str(tmp_path / "merged")
+    tool("merge_mp_partitions.py", "--model-type", "GPT", "--tensor-model-parallel-size", "2",
+         "--target-pipeline-model-parallel-size", "2", "--load", trained, "--save", out)
+    assert sorted(os.listdir(os.path.join(out, "iter_0000004"))) == ["mp_rank_00_000", "mp_rank_00_001"]
+    got = loaded_losses(data, out, 2, ["--pipeline-model-parallel-size", "2"])
+    assert got == pytest.approx(original_loss, rel=1e-5)
+
+
+def test_bad_targets_fail_with_a_message(trained, tmp_path, capsys):
+    trained = trained[0]
+    from tools.checkpoint_util import main as checkpoint_util
+    from tools.merge_mp_partitions import main as merge_mp_partitions
+
+    assert checkpoint_util(["--load-dir", trained, "--save-dir", str(tmp_path / "x"),
+                            "--target-tensor-parallel-size", "3"]) == 1
+    assert "--target-tensor-parallel-size 3 does not divide num_attention_heads 4" in capsys.readouterr().err
+    assert merge_mp_partitions(["--model-type", "GPT", "--tensor-model-parallel-size", "4", "--load", trained,
+                                "--save", str(tmp_path / "y")]) == 1
+    assert "saved with tensor_model_parallel_size 2" in capsys.readouterr().err
+    assert checkpoint_util(["--load-dir", str(tmp_path / "none"), "--save-dir", str(tmp_path / "z")]) == 1
+    assert "no checkpoint tracker file" in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "x") and not os.path.exists(tmp_path / "y")

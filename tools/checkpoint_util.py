@@ -1,0 +1,50 @@
+"""Reshard a GPT, BERT or T5 checkpoint to another tensor/pipeline-parallel layout, offline.
+
+    python tools/checkpoint_util.py --load-dir CKPT --save-dir OUT \\
+        --target-tensor-parallel-size 1 --target-pipeline-parallel-size 1
+
+The output holds the model weights and arguments (no optimizer or RNG state, which belong to
+one layout): continue from it with ``--no-load-optim --no-load-rng`` or ``--finetune``.
+"""
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from megatron.checkpoint_tools.reshard import reshard_checkpoint  # noqa: E402
+from megatron.checkpointing import CheckpointError  # noqa: E402
+
+MODEL_TYPES = ("GPT", "BERT", "T5")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model-type", choices=MODEL_TYPES, default=None,
+                        help="accepted for Megatron compatibility; the layout is read from the checkpoint")
+    parser.add_argument("--loader", default="megatron", choices=["megatron"])
+    parser.add_argument("--saver", default="megatron", choices=["megatron"])
+    parser.add_argument("--load-dir", required=True, help="checkpoint directory (holding the tracker file)")
+    parser.add_argument("--save-dir", required=True, help="output checkpoint directory")
+    parser.add_argument("--target-tensor-parallel-size", type=int, default=1)
+    parser.add_argument("--target-pipeline-parallel-size", type=int, default=1)
+    parser.add_argument("--true-vocab-size", type=int, default=None,
+                        help="the tokenizer's vocabulary size, to re-pad the embedding for the target TP "
+                             "(default: read from the saved tokenizer files)")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        written = reshard_checkpoint(args.load_dir, args.save_dir, args.target_tensor_parallel_size,
+                                     args.target_pipeline_parallel_size, args.true_vocab_size)
+    except (CheckpointError, FileNotFoundError) as error:
+        print(f"checkpoint_util.py: error: {error}", file=sys.stderr)
+        return 1
+    print(f"wrote {written} (TP {args.target_tensor_parallel_size} x PP {args.target_pipeline_parallel_size})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

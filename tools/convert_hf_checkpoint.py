@@ -1,0 +1,125 @@
+"""Convert checkpoints between our Megatron layout and Hugging Face ``transformers`` directories.
+
+    # ours (any TP/PP) -> HF directory with config.json + model.safetensors
+    python tools/convert_hf_checkpoint.py --direction to-hf --model-type GPT --load CKPT --save HF_DIR
+    # HF -> ours at any layout (written as a "release" checkpoint: weights and arguments only)
+    python tools/convert_hf_checkpoint.py --direction from-hf --model-type GPT --load HF_DIR --save CKPT \\
+        --target-tensor-parallel-size 2 --target-pipeline-parallel-size 1
+
+GPT maps to ``GPT2LMHeadModel``, BERT to ``MegatronBertForPreTraining`` (see
+``megatron/checkpoint_tools/hf.py``). The exported vocabulary is the padded one of the checkpoint.
+"""
+import argparse
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
+
+from megatron.checkpoint_tools import hf  # noqa: E402
+from megatron.checkpoint_tools.reshard import (  # noqa: E402
+    SourceCheckpoint, merge_shards, split_full, target_args, write_checkpoint)
+from megatron.checkpointing import CheckpointError  # noqa: E402
+from megatron.core.fileio import atomic_open, atomic_write_text  # noqa: E402
+
+TO_HF = {"GPT": hf.gpt_to_hf, "BERT": hf.bert_to_hf}
+FROM_HF = {"GPT": hf.gpt_from_hf, "BERT": hf.bert_from_hf}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--direction", required=True, choices=["to-hf", "from-hf"])
+    parser.add_argument("--model-type", required=True, choices=sorted(TO_HF))
+    parser.add_argument("--load", required=True, help="source directory (our checkpoint, or an HF model directory)")
+    parser.add_argument("--save", required=True, help="output directory")
+    parser.add_argument("--target-tensor-parallel-size", type=int, default=1, help="from-hf only")
+    parser.add_argument("--target-pipeline-parallel-size", type=int, default=1, help="from-hf only")
+    parser.add_argument("--make-vocab-size-divisible-by", type=int, default=128,
+                        help="from-hf: pad the vocabulary to a multiple of this x target TP, as training does")
+    parser.add_argument("--post-layernorm", action="store_true",
+                        help="to-hf BERT: ask for the post-LayerNorm BertForPreTraining (refused: it computes a "
+                             "different function)")
+    return parser.parse_args(argv)
+
+
+def _write_safetensors(tensors, path: str) -> None:
+    from safetensors.torch import save
+
+    with atomic_open(path, "wb") as f:
+        f.write(save(tensors, metadata={"format": "pt"}))
+
+
+def to_hf(args) -> str:
+    source = SourceCheckpoint(args.load)
+    full = merge_shards(source)
+    is_bert = "lm_head.dense.weight" in full
+    if is_bert != (args.model_type == "BERT"):
+        raise hf.ConversionError(f"{args.load} holds a {'BERT' if is_bert else 'GPT'} model, not --model-type "
+                                 f"{args.model_type}")
+    if args.model_type == "BERT":
+        config, tensors = hf.bert_to_hf(full, source.args, post_layernorm=args.post_layernorm)
+    else:
+        config, tensors = hf.gpt_to_hf(full, source.args)
+    os.makedirs(args.save, exist_ok=True)
+    # Weights first, config last: a directory with a config.json is a complete model.
+    _write_safetensors(tensors, os.path.join(args.save, "model.safetensors"))
+    atomic_write_text(os.path.join(args.save, "config.json"), json.dumps(config, indent=2, sort_keys=True) + "\n")
+    return args.save
+
+
+def _read_hf(directory: str):
+    config_path = os.path.join(directory, "config.json")
+    if not os.path.isfile(config_path):
+        raise FileNotFoundError(f"no {config_path}: --load must be a Hugging Face model directory")
+    with open(config_path, encoding="utf-8") as f:
+        try:
+            config = json.load(f)
+        except json.JSONDecodeError as error:
+            raise hf.ConversionError(f"{config_path}:{error.lineno}: invalid JSON: {error.msg}") from None
+    weights = os.path.join(directory, "model.safetensors")
+    if os.path.isfile(weights):
+        from safetensors.torch import load_file
+
+        tensors = load_file(weights)
+    elif os.path.isfile(os.path.join(directory, "pytorch_model.bin")):
+        tensors = torch.load(os.path.join(directory, "pytorch_model.bin"), map_location="cpu", weights_only=True)
+    else:
+        raise FileNotFoundError(f"{directory} holds neither model.safetensors nor pytorch_model.bin")
+    return config, tensors
+
+
+def from_hf(args) -> str:
+    from megatron.tokenizer.build import vocab_size_with_padding
+
+    config, tensors = _read_hf(args.load)
+    try:
+        full, model_args = FROM_HF[args.model_type](config, tensors)
+    except KeyError as error:
+        raise hf.ConversionError(f"{args.load}: the weights or config.json lack {error} "
+                                 f"(is it a {args.model_type} model?)") from None
+    tp, pp = args.target_tensor_parallel_size, args.target_pipeline_parallel_size
+    if model_args.num_attention_heads % tp != 0:
+        raise CheckpointError(f"--target-tensor-parallel-size {tp} does not divide num_attention_heads "
+                              f"{model_args.num_attention_heads}")
+    model_args.make_vocab_size_divisible_by = args.make_vocab_size_divisible_by
+    model_args.tensor_model_parallel_size = tp
+    padded = vocab_size_with_padding(model_args.vocab_size, model_args)
+    shards = split_full(full, model_args.num_layers, tp, pp, padded)
+    return write_checkpoint(args.save, shards, target_args(model_args, tp, pp, padded), 0, release=True)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        written = to_hf(args) if args.direction == "to-hf" else from_hf(args)
+    except (CheckpointError, hf.ConversionError, FileNotFoundError) as error:
+        print(f"convert_hf_checkpoint.py: error: {error}", file=sys.stderr)
+        return 1
+    print(f"wrote {written}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
