@@ -55,7 +55,9 @@ def build_attention_mask(attention_mask: Optional[torch.Tensor], attn_mask_type:
                          sq: int, sk: int, device) -> Optional[torch.Tensor]:
     """One boolean mask (True = masked) from the caller's mask and the causal structure."""
     if attn_mask_type == AttnMaskType.causal:
-        causal = torch.ones(sq, sk, dtype=torch.bool, device=device).triu(diagonal=1)[None, None]
+        # Queries are the last sq of the sk positions (sq < sk when earlier keys come from an
+        # inference KV cache), so query i may see keys up to sk - sq + i.
+        causal = torch.ones(sq, sk, dtype=torch.bool, device=device).triu(diagonal=sk - sq + 1)[None, None]
         return causal if attention_mask is None else (attention_mask | causal)
     return attention_mask
 
@@ -146,6 +148,10 @@ class ParallelAttention(nn.Module):
         self.dense = RowParallelLinear(
             projection_size, config.hidden_size, config=config, init_method=config.output_layer_init_method,
             input_is_parallel=True, skip_bias_add=True, pg=pg)
+        # Incremental decoding (megatron/text_generation) sets an object with
+        # ``update(key, value) -> (all_keys, all_values)`` that appends this step's keys and values
+        # [s, b, np, hn] to those of earlier steps; None (training, recompute) attends to the input only.
+        self.inference_cache = None
 
     def forward(self, hidden_states: torch.Tensor, attention_mask: Optional[torch.Tensor],
                 encoder_output: Optional[torch.Tensor] = None,
@@ -166,6 +172,11 @@ class ParallelAttention(nn.Module):
         if rotary_pos_emb is not None:
             query = apply_rotary_pos_emb(query, rotary_pos_emb[: query.shape[0]])
             key = apply_rotary_pos_emb(key, rotary_pos_emb[: key.shape[0]])
+        if self.inference_cache is not None and self.attention_type == AttnType.self_attn:
+            if rotary_pos_emb is not None:
+                raise ValueError("the inference KV cache does not support rotary position embeddings; "
+                                 "generate with --recompute")
+            key, value = self.inference_cache.update(key, value)  # [sk, b, np, hn], sk >= sq
         if self.recompute_core_attention and self.training:
             context = checkpoint(self.core_attention, query, key, value, attention_mask)
         else:

@@ -1,0 +1,79 @@
+"""tools/generate_samples_gpt.py end to end on a tiny trained GPT: conditional and unconditional
+generation, KV cache equal to --recompute, TP2 equal to TP1, and one-line errors for bad input."""
+import json
+
+import pytest
+
+from test_generate_lib import model_args
+from test_training_lib import run_script
+
+PROMPTS = ["The module defines", "Return a list of", "import os", "x"]
+
+
+def read_jsonl(path):
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f]
+
+
+@pytest.fixture(scope="module")
+def prompt_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("prompts") / "prompts.txt"
+    path.write_text("\n".join(PROMPTS) + "\n", encoding="utf-8")
+    return str(path)
+
+
+def generate(tmp_path, name, *flags, tp=1):
+    genfile = str(tmp_path / f"{name}.jsonl")
+    run_script("tools/generate_samples_gpt.py", [*model_args(tp), *flags, "--genfile", genfile], nproc=tp)
+    return read_jsonl(genfile)
+
+
+@pytest.fixture(scope="module")
+def greedy_tp1(tmp_path_factory, prompt_file):
+    return generate(tmp_path_factory.mktemp("tp1"), "cached", *greedy_flags(prompt_file))
+
+
+def greedy_flags(prompt_file):
+    return ["--sample-input-file", prompt_file, "--greedy", "--out-seq-length", "12"]
+
+
+def test_conditional_greedy_kv_cache_equals_recompute(tmp_path, prompt_file, greedy_tp1):
+    assert [r["prompt"] for r in greedy_tp1] == PROMPTS
+    for result in greedy_tp1:
+        assert result["text"].startswith(result["prompt"]) and len(result["text"]) > len(result["prompt"])
+        assert set(result) == {"prompt", "text", "length", "finished"}
+        assert 1 <= result["length"] <= 12 and (result["finished"] or result["length"] == 12)
+    assert len({r["text"][len(r["prompt"]):] for r in greedy_tp1}) > 1  # continuations depend on the prompt
+    assert generate(tmp_path, "recompute", *greedy_flags(prompt_file), "--recompute") == greedy_tp1
+
+
+def test_tensor_parallel_generation_equals_single_process(tmp_path, prompt_file, greedy_tp1):
+    assert generate(tmp_path, "tp2", *greedy_flags(prompt_file), tp=2) == greedy_tp1
+
+
+def test_unconditional_sampling(tmp_path):
+    results = generate(tmp_path, "samples", "--num-samples", "3", "--top_k", "8", "--temperature", "0.9",
+                       "--out-seq-length", "10")
+    assert len(results) == 3 and all(r["prompt"] == "" and 1 <= r["length"] <= 10 for r in results)
+    assert len({r["text"] for r in results}) > 1  # sampled, not one greedy text three times
+
+
+def test_bad_prompt_file_fails_with_one_line_naming_path_and_line(tmp_path):
+    bad = tmp_path / "prompts.txt"
+    bad.write_text("first prompt\n\nthird\n", encoding="utf-8")
+    result = run_script("tools/generate_samples_gpt.py",
+                        [*model_args(), "--sample-input-file", str(bad), "--genfile", str(tmp_path / "out.jsonl")],
+                        check=False)
+    assert result.returncode == 2, result.stderr[-2000:]
+    error_lines = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert len(error_lines) == 1 and f"{bad}:2: empty prompt" in error_lines[0], result.stderr[-2000:]
+    assert not (tmp_path / "out.jsonl").exists()
+
+
+@pytest.mark.slow
+def test_pipeline_parallel_is_refused_with_the_flag_named(tmp_path):
+    result = run_script("tools/generate_samples_gpt.py",
+                        [*model_args(), "--pipeline-model-parallel-size", "2", "--num-samples", "1",
+                         "--genfile", str(tmp_path / "out.jsonl")], nproc=2, check=False)
+    assert result.returncode != 0
+    assert "--pipeline-model-parallel-size 2 > 1 is not supported by text generation" in result.stderr
