@@ -1,0 +1,71 @@
+"""Evaluate and fine-tune trained checkpoints: ``python tasks/main.py --task TASK ...``.
+
+The training layer's flags (model sizes, tokenizer, TP/PP, checkpoint loading) are shared with
+pretraining; this file adds the task flags and dispatches. Zero-shot GPT tasks: WIKITEXT103,
+LAMBADA; BERT sentence-pair classification (fine-tune and evaluate): MNLI, QQP; BERT multiple choice: RACE.
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+ZERO_SHOT_TASKS = ("WIKITEXT103", "LAMBADA")
+GLUE_TASKS = ("MNLI", "QQP")
+TASKS = ZERO_SHOT_TASKS + GLUE_TASKS + ("RACE",)
+
+
+def get_tasks_args(parser):
+    group = parser.add_argument_group(title="tasks")
+    group.add_argument("--task", type=str, required=True, choices=TASKS, help="Task name.")
+    group.add_argument("--epochs", type=int, default=None,
+                       help="Fine-tuning epochs; 0 only evaluates.")
+    group.add_argument("--pretrained-checkpoint", type=str, default=None,
+                       help="Checkpoint whose weights a task starts from (no optimizer or RNG state).")
+    group.add_argument("--keep-last", action="store_true", help="Evaluate the last, incomplete batch of a validation set too (dropped by default, as in Megatron).")
+    group.add_argument("--train-data", nargs="+", default=None, help="Training files or directories.")
+    group.add_argument("--valid-data", nargs="*", default=None, help="Validation files or directories.")
+    group.add_argument("--overlapping-eval", type=int, default=32,
+                       help="Stride of the WIKITEXT103 sliding window (targets counted per window).")
+    group.add_argument("--strict-lambada", action="store_true",
+                       help="LAMBADA: predict every token of the whole last word.")
+    return parser
+
+
+def _default_tokenizer(argv) -> str:
+    """GPT tasks read BPE, BERT tasks WordPiece, unless --tokenizer-type says otherwise."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    task = next((argv[i + 1] for i, flag in enumerate(argv[:-1]) if flag == "--task"), None)
+    task = task or next((flag.split("=", 1)[1] for flag in argv if flag.startswith("--task=")), None)
+    return "GPT2BPETokenizer" if task in ZERO_SHOT_TASKS else "BertWordPieceLowerCase"
+
+
+def main(argv=None):
+    from megatron.initialize import initialize_megatron
+
+    args = initialize_megatron(extra_args_provider=get_tasks_args,
+                               args_defaults={"tokenizer_type": _default_tokenizer(argv)}, argv=argv)
+    try:
+        if args.virtual_pipeline_model_parallel_size is not None:
+            raise ValueError("tasks/main.py does not support the interleaved pipeline schedule "
+                             "(--num-layers-per-virtual-pipeline-stage)")
+        if args.task in ZERO_SHOT_TASKS:
+            from tasks.zeroshot_gpt.evaluate import main as zeroshot_main
+
+            return zeroshot_main()
+        if args.task in GLUE_TASKS:
+            from tasks.glue.finetune import main as glue_main
+
+            return glue_main()
+        if args.task == "RACE":
+            from tasks.race.finetune import main as race_main
+
+            return race_main()
+        raise ValueError(f"--task {args.task} is not implemented")
+    except ValueError as error:
+        # Bad flags and bad data files are the user's to fix: one line, naming the flag or file:line.
+        print(f"tasks/main.py: error: {error}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()
