@@ -271,6 +271,47 @@ def _add_logging_args(parser):
                        help="Write validation perplexity.")
 
 
+def _add_biencoder_args(parser):
+    group = parser.add_argument_group(title="biencoder (ICT retriever, block index, retrieval evaluation)")
+    group.add_argument("--ict-head-size", type=int, default=None,
+                       help="2020 spelling of --biencoder-projection-dim (ORQA: 128).")
+    group.add_argument("--biencoder-projection-dim", type=int, default=None,
+                       help="Project each tower's [CLS] state to this size; 0: no projection.")
+    group.add_argument("--biencoder-shared-query-context-model", action="store_true",
+                       help="One tower shared by queries and contexts.")
+    group.add_argument("--bert-load", default=None,
+                       help="Start both biencoder towers from this BERT checkpoint (a pretrain_bert.py output).")
+    group.add_argument("--ict-load", default=None, help="Biencoder (ICT) checkpoint to index or evaluate with.")
+    group.add_argument("--titles-data-path", default=None,
+                       help="Titles dataset prefix (one title per document of --data-path).")
+    group.add_argument("--query-in-block-prob", type=float, default=0.1,
+                       help="Probability that the ICT pseudo-query stays in its block.")
+    group.add_argument("--use-one-sent-docs", action="store_true",
+                       help="Allow one-sentence documents (and blocks) in ICT data.")
+    group.add_argument("--retriever-score-scaling", action="store_true",
+                       help="Divide query-context scores by sqrt(hidden size).")
+    group.add_argument("--retriever-report-topk-accuracies", nargs="+", type=int, default=[1, 5],
+                       help="In-batch (training) or corpus (evaluation) top-k accuracies to report.")
+    group.add_argument("--retriever-seq-length", type=int, default=256,
+                       help="Sequence length of evidence passages and questions (retrieval evaluation).")
+    group.add_argument("--block-data-path", "--embedding-path", dest="block_data_path", default=None,
+                       help="Block embedding store: a .pkl (Megatron's pickle) or a directory (memory-mapped).")
+    group.add_argument("--indexer-batch-size", type=int, default=128, help="Blocks per batch when indexing.")
+    group.add_argument("--indexer-log-interval", type=int, default=1000,
+                       help="Batches between indexing progress lines.")
+    group.add_argument("--evidence-data-path", default=None,
+                       help="Evidence passages: a DPR-style TSV (id, text, title).")
+    group.add_argument("--qa-data-dev", default=None, help="Questions with answers (NQ-open CSV/TSV), dev set.")
+    group.add_argument("--qa-data-test", default=None, help="Questions with answers (NQ-open CSV/TSV), test set.")
+    group.add_argument("--faiss-use-gpu", action="store_true", help="Search on the GPU (needs faiss-gpu).")
+    group.add_argument("--faiss-match", default="string", choices=["string", "regex"],
+                       help="Answer matching: token sub-sequence (string) or case-insensitive regex.")
+    group.add_argument("--faiss-topk-retrievals", type=int, default=100, help="Blocks retrieved per question.")
+    group.add_argument("--faiss-index-factory", default="Flat",
+                       help="FAISS index: Flat (exact), or approximate e.g. IVF1024,Flat or HNSW32.")
+    group.add_argument("--faiss-nprobe", type=int, default=16, help="IVF lists searched per query.")
+
+
 GROUP_BUILDERS = (
     _add_network_size_args,
     _add_regularization_args,
@@ -283,6 +324,7 @@ GROUP_BUILDERS = (
     _add_validation_args,
     _add_data_args,
     _add_logging_args,
+    _add_biencoder_args,
 )
 
 

@@ -111,6 +111,9 @@ def _fold_deprecated(args) -> None:
     fold("batch_size", "micro_batch_size", "--batch-size")
     fold("model_parallel_size", "tensor_model_parallel_size", "--model-parallel-size")
     fold("warmup", "lr_warmup_fraction", "--warmup")
+    fold("ict_head_size", "biencoder_projection_dim", "--ict-head-size")
+    if getattr(args, "biencoder_projection_dim", None) is None:
+        args.biencoder_projection_dim = 0
     if getattr(args, "tensor_model_parallel_size", None) is None:
         args.tensor_model_parallel_size = 1
 

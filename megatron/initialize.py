@@ -4,6 +4,7 @@ Launchers: ``torchrun`` (RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_P
 environment), the legacy ``python -m torch.distributed.launch`` (``--local_rank`` on the command
 line) or a plain ``python pretrain_gpt.py ...`` (one process; a free local port is chosen).
 """
+import atexit
 import datetime
 import os
 import random
@@ -88,6 +89,7 @@ def initialize_distributed(args) -> parallel_state.ProcessGroups:
             print(f"> initializing torch distributed ({backend}, world size {args.world_size}, "
                   f"timeout {timeout.total_seconds():.0f} s) ...", flush=True)
         dist.init_process_group(backend=backend, world_size=args.world_size, rank=args.rank, timeout=timeout)
+        atexit.register(_destroy_process_group)
     if parallel_state.model_parallel_is_initialized():
         return parallel_state.get_process_groups()
     pg = parallel_state.initialize_model_parallel(
@@ -98,6 +100,17 @@ def initialize_distributed(args) -> parallel_state.ProcessGroups:
         print(f"> initialized pipeline model parallel with size {pg.pipeline_model_parallel_size}", flush=True)
         print(f"> initialized data parallel with size {pg.data_parallel_size}", flush=True)
     return pg
+
+
+def _destroy_process_group() -> None:
+    """Tear the process group down before interpreter shutdown: left to the garbage collector, gloo's
+    threads can be destroyed while still joinable, and the process aborts ("terminate called without
+    an active exception") after its work is done."""
+    if dist.is_initialized():
+        try:
+            dist.destroy_process_group()
+        except Exception:  # a broken group at exit: nothing left to release cleanly
+            pass
 
 
 def set_random_seed(seed: int) -> None:

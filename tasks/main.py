@@ -45,26 +45,35 @@ def main(argv=None):
     args = initialize_megatron(extra_args_provider=get_tasks_args,
                                args_defaults={"tokenizer_type": _default_tokenizer(argv)}, argv=argv)
     try:
-        if args.virtual_pipeline_model_parallel_size is not None:
-            raise ValueError("tasks/main.py does not support the interleaved pipeline schedule "
-                             "(--num-layers-per-virtual-pipeline-stage)")
-        if args.task in ZERO_SHOT_TASKS:
-            from tasks.zeroshot_gpt.evaluate import main as zeroshot_main
-
-            return zeroshot_main()
-        if args.task in GLUE_TASKS:
-            from tasks.glue.finetune import main as glue_main
-
-            return glue_main()
-        if args.task == "RACE":
-            from tasks.race.finetune import main as race_main
-
-            return race_main()
-        raise ValueError(f"--task {args.task} is not implemented")
+        result = _run_task(args)
     except ValueError as error:
         # Bad flags and bad data files are the user's to fix: one line, naming the flag or file:line.
         print(f"tasks/main.py: error: {error}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.barrier()  # every rank done before any leaves (the process group is released at exit)
+    return result
+
+
+def _run_task(args):
+    if args.virtual_pipeline_model_parallel_size is not None:
+        raise ValueError("tasks/main.py does not support the interleaved pipeline schedule "
+                         "(--num-layers-per-virtual-pipeline-stage)")
+    if args.task in ZERO_SHOT_TASKS:
+        from tasks.zeroshot_gpt.evaluate import main as zeroshot_main
+
+        return zeroshot_main()
+    if args.task in GLUE_TASKS:
+        from tasks.glue.finetune import main as glue_main
+
+        return glue_main()
+    if args.task == "RACE":
+        from tasks.race.finetune import main as race_main
+
+        return race_main()
+    raise ValueError(f"--task {args.task} is not implemented")
 
 
 if __name__ == "__main__":
