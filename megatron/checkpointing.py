@@ -136,7 +136,8 @@ def _model_keys(num_chunks: int) -> List[str]:
 
 
 # -- writing ------------------------------------------------------------------------------------
-def _fsync_dir(path: str) -> None:
+def fsync_dir(path: str) -> None:
+    """Make a directory's entries (new or renamed files) durable."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -147,7 +148,7 @@ def _fsync_dir(path: str) -> None:
 def _atomic_torch_save(obj, path: str) -> None:
     with atomic_open(path, "wb") as f:
         torch.save(obj, f)
-    _fsync_dir(os.path.dirname(path))
+    fsync_dir(os.path.dirname(path))
 
 
 def _picklable_args(args: argparse.Namespace) -> argparse.Namespace:
@@ -173,7 +174,7 @@ def _gather_over_data_parallel(obj, pg) -> list:
     return gathered
 
 
-def _remove_stale_save_dirs(save_dir: str) -> None:
+def remove_stale_save_dirs(save_dir: str) -> None:
     """Leftovers of killed saves: never valid, possibly large."""
     for name in os.listdir(save_dir):
         path = os.path.join(save_dir, name)
@@ -186,7 +187,7 @@ def _remove_stale_save_dirs(save_dir: str) -> None:
             shutil.rmtree(path, ignore_errors=True)
 
 
-def _publish(partial_dir: str, final_dir: str) -> None:
+def publish_iteration_dir(partial_dir: str, final_dir: str) -> None:
     """Rename the finished iteration directory into place (replacing an older save of it)."""
     parent = os.path.dirname(final_dir)
     if os.path.exists(final_dir):
@@ -194,11 +195,11 @@ def _publish(partial_dir: str, final_dir: str) -> None:
         shutil.rmtree(replaced, ignore_errors=True)
         os.rename(final_dir, replaced)
         os.rename(partial_dir, final_dir)
-        _fsync_dir(parent)
+        fsync_dir(parent)
         shutil.rmtree(replaced, ignore_errors=True)
     else:
         os.rename(partial_dir, final_dir)
-        _fsync_dir(parent)
+        fsync_dir(parent)
 
 
 def save_checkpoint(iteration: int, model_chunks, optimizer, opt_param_scheduler, args, pg=None) -> None:
@@ -220,7 +221,7 @@ def save_checkpoint(iteration: int, model_chunks, optimizer, opt_param_scheduler
     partial_dir = final_dir + PARTIAL_SUFFIX
     if _global_rank() == 0:
         os.makedirs(save_dir, exist_ok=True)
-        _remove_stale_save_dirs(save_dir)
+        remove_stale_save_dirs(save_dir)
         os.makedirs(partial_dir)
     _barrier()
 
@@ -242,11 +243,11 @@ def save_checkpoint(iteration: int, model_chunks, optimizer, opt_param_scheduler
 
     if _global_rank() == 0:
         for name in os.listdir(partial_dir):
-            _fsync_dir(os.path.join(partial_dir, name))
-        _fsync_dir(partial_dir)
-        _publish(partial_dir, final_dir)
+            fsync_dir(os.path.join(partial_dir, name))
+        fsync_dir(partial_dir)
+        publish_iteration_dir(partial_dir, final_dir)
         atomic_write_text(get_checkpoint_tracker_filename(save_dir), f"{iteration}\n")
-        _fsync_dir(save_dir)
+        fsync_dir(save_dir)
     _barrier()
     _print_rank_0(f"  successfully saved checkpoint at iteration {iteration:7d} to {save_dir}")
 
@@ -285,7 +286,8 @@ class _LegacyPickleModule:
         return _LegacyUnpickler(file, **kwargs).load()
 
 
-def _load_file(path: str) -> dict:
+def load_checkpoint_file(path: str) -> dict:
+    """One rank's checkpoint file on the CPU (any era's pickles); unreadable files raise CheckpointError."""
     try:
         # Checkpoints hold pickled args and NumPy RNG state, so the weights-only loader cannot read them.
         return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_LegacyPickleModule)
@@ -307,7 +309,8 @@ _CHECKED_ARGS = (
 )
 
 
-def _saved_arg(saved, name: str):
+def saved_arg(saved, name: str):
+    """``name`` from a checkpoint's saved arguments (Namespace or dict, any era), or None."""
     get = saved.get if isinstance(saved, dict) else lambda key, default=None: getattr(saved, key, default)
     value = get(name, None)
     if value is None and name == "tensor_model_parallel_size":
@@ -323,13 +326,14 @@ def check_checkpoint_args(saved, args, path: str, checkpoint_version: float) -> 
     for name, flag in _CHECKED_ARGS:
         if name == "pipeline_model_parallel_size" and checkpoint_version < 3.0:
             continue  # saved only from version 3.0 on
-        theirs, ours = _saved_arg(saved, name), getattr(args, name, None)
+        theirs, ours = saved_arg(saved, name), getattr(args, name, None)
         if theirs is not None and ours is not None and theirs != ours:
             raise CheckpointError(
                 f"checkpoint {path} was saved with {name} {theirs} but this run has {ours} ({flag})")
 
 
-def _resolve_iteration_dir(load_dir: str, iteration: int, release: bool) -> str:
+def resolve_iteration_dir(load_dir: str, iteration: int, release: bool) -> str:
+    """The directory of ``iteration`` (or the release), or the copy an interrupted replacing save left."""
     path = os.path.join(load_dir, _iteration_dirname(iteration, release))
     if os.path.isdir(path):
         return path
@@ -425,9 +429,9 @@ def load_checkpoint(model_chunks, optimizer, opt_param_scheduler, args, load_arg
         return 0
     iteration, release = read_tracker(load_dir)
     _check_same_on_all_ranks(iteration, release, tracker)
-    model_file = _model_file(_resolve_iteration_dir(load_dir, iteration, release), pg)
+    model_file = _model_file(resolve_iteration_dir(load_dir, iteration, release), pg)
     _print_rank_0(f"loading checkpoint from {load_dir} at iteration {'release' if release else iteration}")
-    state = _load_file(model_file)
+    state = load_checkpoint_file(model_file)
 
     checkpoint_version = float(state.get("checkpoint_version", 0))
     check_checkpoint_args(state.get("args"), args, model_file, checkpoint_version)
@@ -449,8 +453,8 @@ def load_checkpoint(model_chunks, optimizer, opt_param_scheduler, args, load_arg
         _load_optimizer(optimizer, opt_param_scheduler, state, model_file)
 
     if not (release or finetune) and state.get("args") is not None:
-        args.consumed_train_samples = _saved_arg(state["args"], "consumed_train_samples") or 0
-        args.consumed_valid_samples = _saved_arg(state["args"], "consumed_valid_samples") or 0
+        args.consumed_train_samples = saved_arg(state["args"], "consumed_train_samples") or 0
+        args.consumed_valid_samples = saved_arg(state["args"], "consumed_valid_samples") or 0
 
     if not (release or finetune or getattr(args, "no_load_rng", False)):
         rng_state = select_rng_state(state, pg.dp_rank, pg.data_parallel_size)
@@ -464,3 +468,10 @@ def load_checkpoint(model_chunks, optimizer, opt_param_scheduler, args, load_arg
     _barrier()
     _print_rank_0(f"  successfully loaded checkpoint from {load_dir} at iteration {loaded_iteration}")
     return loaded_iteration
+
+
+# Former private names, still imported by megatron/retrieval/biencoder_setup.py,
+# tools/merge_mp_partitions.py and tests/unit/test_checkpointing.py.
+_load_file = load_checkpoint_file
+_resolve_iteration_dir = resolve_iteration_dir
+_saved_arg = saved_arg

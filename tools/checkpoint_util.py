@@ -28,6 +28,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--save-dir", required=True, help="output checkpoint directory")
     parser.add_argument("--target-tensor-parallel-size", type=int, default=1)
     parser.add_argument("--target-pipeline-parallel-size", type=int, default=1)
+    parser.add_argument("--target-pipeline-model-parallel-split-rank", type=int, default=None,
+                        help="T5 only: the first decoder stage of the target (default: the source's split "
+                             "when the pipeline size is unchanged, else half the stages)")
     parser.add_argument("--true-vocab-size", type=int, default=None,
                         help="the tokenizer's vocabulary size, to re-pad the embedding for the target TP "
                              "(default: read from the saved tokenizer files)")
@@ -38,7 +41,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         written = reshard_checkpoint(args.load_dir, args.save_dir, args.target_tensor_parallel_size,
-                                     args.target_pipeline_parallel_size, args.true_vocab_size)
+                                     args.target_pipeline_parallel_size, args.true_vocab_size,
+                                     target_split_rank=args.target_pipeline_model_parallel_split_rank)
     except (CheckpointError, FileNotFoundError) as error:
         print(f"checkpoint_util.py: error: {error}", file=sys.stderr)
         return 1

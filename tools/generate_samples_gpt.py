@@ -11,7 +11,9 @@
 line ``{"prompt", "text" (the prompt followed by its continuation), "length" (tokens generated),
 "finished" (stopped at end of document)}`` in ``--genfile``. Prompts are decoded
 ``--micro-batch-size`` at a time; ``--recompute`` disables the KV cache (same greedy output, slower).
-Runs under torchrun with ``--tensor-model-parallel-size``; one pipeline stage.
+Runs under torchrun with ``--tensor-model-parallel-size`` and ``--pipeline-model-parallel-size``
+(the checkpoint must have that layout; reshard it with tools/checkpoint_util.py). The last
+stage samples and every stage receives the tokens, so rank 0 (first stage) writes the file.
 """
 import json
 import os

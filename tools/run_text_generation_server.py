@@ -13,8 +13,9 @@ PUT ``/api`` with a JSON object: ``prompts`` (list of strings, required), ``toke
 the prompt followed by its continuation. Invalid input gets 400 with ``{"error": "..."}``.
 
 The server binds to 127.0.0.1 unless ``--host`` says otherwise: it has no authentication.
-Under torchrun with tensor parallelism, rank 0 serves and broadcasts each accepted request to the
-other ranks, which generate with it in lockstep. Requests are handled one at a time.
+Under torchrun with tensor and/or pipeline parallelism, rank 0 serves and broadcasts each accepted
+request to the other ranks, which generate with it in lockstep (the last pipeline stage samples,
+and every stage receives the tokens). Requests are handled one at a time.
 """
 import json
 import os

@@ -15,6 +15,13 @@ layers are built:
 Pipeline stages number their layers from 0; the full dict numbers them globally. The embedding
 lives on the first stage, the final layer norm, pooler and heads on the last, which also keeps a
 copy of the word embeddings (``word_embeddings_for_head``) when there is more than one stage.
+
+An encoder-decoder (T5) split at ``pipeline_model_parallel_split_rank`` puts the encoder layers on
+stages ``[0, split)`` and the decoder layers on ``[split, pp)``, each side spread evenly. Both the
+first encoder and the first decoder stage embed tokens, so each holds the word and position
+embeddings; the encoder's final layer norm sits on stage ``split - 1``; the decoder's final layer
+norm and the LM head bias on the last stage, which keeps ``word_embeddings_for_head`` unless it is
+itself the first decoder stage.
 """
 import argparse
 import copy
@@ -35,14 +42,14 @@ from megatron.checkpointing import (
     CHECKPOINT_VERSION,
     MODEL_FILENAME,
     CheckpointError,
-    _fsync_dir,
-    _load_file,
-    _publish,
-    _remove_stale_save_dirs,
-    _resolve_iteration_dir,
-    _saved_arg,
+    fsync_dir,
     get_checkpoint_tracker_filename,
+    load_checkpoint_file,
+    publish_iteration_dir,
     read_tracker,
+    remove_stale_save_dirs,
+    resolve_iteration_dir,
+    saved_arg,
 )
 from megatron.core.fileio import atomic_open, atomic_write_text
 
@@ -76,22 +83,22 @@ class SourceCheckpoint:
     def __init__(self, load_dir: str):
         self.load_dir = load_dir
         self.iteration, self.release = read_tracker(load_dir)
-        self.iteration_dir = _resolve_iteration_dir(load_dir, self.iteration, self.release)
+        self.iteration_dir = resolve_iteration_dir(load_dir, self.iteration, self.release)
         first = self._file(0, 0)
-        state = _load_file(first)
+        state = load_checkpoint_file(first)
         self.args = state.get("args")
         if self.args is None:
             raise CheckpointError(f"{first} holds no arguments; the layout and model shape cannot be known")
         if isinstance(self.args, dict):
             self.args = argparse.Namespace(**self.args)
-        self.tp = _saved_arg(self.args, "tensor_model_parallel_size") or 1
-        self.pp = _saved_arg(self.args, "pipeline_model_parallel_size") or 1
+        self.tp = saved_arg(self.args, "tensor_model_parallel_size") or 1
+        self.pp = saved_arg(self.args, "pipeline_model_parallel_size") or 1
         self.checkpoint_version = float(state.get("checkpoint_version", 0))
         self.shards: Dict[Tuple[int, int], List[Dict[str, torch.Tensor]]] = {}
         for pp_rank in range(self.pp):
             for tp_rank in range(self.tp):
                 path = self._file(tp_rank, pp_rank)
-                loaded = state if (tp_rank, pp_rank) == (0, 0) else _load_file(path)
+                loaded = state if (tp_rank, pp_rank) == (0, 0) else load_checkpoint_file(path)
                 self.shards[(tp_rank, pp_rank)] = self._chunks(loaded, path)
 
     def _file(self, tp_rank: int, pp_rank: int) -> str:
@@ -115,7 +122,7 @@ class SourceCheckpoint:
         for key in keys:
             flat = rename_legacy_keys(flatten_state_dict(state[key]))
             if self.checkpoint_version < 2.0:
-                head_dim = (_saved_arg(self.args, "kv_channels")
+                head_dim = (saved_arg(self.args, "kv_channels")
                             or self.args.hidden_size // self.args.num_attention_heads)
                 flat = fix_query_key_value_ordering(flat, self.checkpoint_version, head_dim)
             chunks.append(flat)
@@ -132,13 +139,32 @@ def _is_encoder_decoder(keys) -> bool:
     return any(".decoder." in key for key in keys)
 
 
+def saved_split_rank(args, pp: int, encoder_decoder: bool, where: str) -> Optional[int]:
+    """The encoder-decoder split of a saved layout (None when there is nothing to split)."""
+    if not encoder_decoder or pp == 1:
+        return None
+    split = saved_arg(args, "pipeline_model_parallel_split_rank")
+    if split is None or not 0 < split < pp:
+        raise CheckpointError(f"{where}: an encoder-decoder (T5) checkpoint saved with pipeline_model_parallel_size "
+                              f"{pp} needs a saved pipeline_model_parallel_split_rank in [1, {pp - 1}], got {split}")
+    return split
+
+
+def _stage_layer_offset(name: str, num_layers: int, pp: int, pp_rank: int, chunk_offset: int,
+                        split: Optional[int]) -> int:
+    """The global index of local layer 0 of ``name``'s stack on stage ``pp_rank``."""
+    if split is None:
+        return chunk_offset
+    if ".encoder." in name:
+        return pp_rank * (num_layers // split)
+    return (pp_rank - split) * (num_layers // (pp - split))
+
+
 def merge_shards(source: SourceCheckpoint) -> Dict[str, torch.Tensor]:
     """One full flat state dict: tensor-parallel shards concatenated, layers numbered globally."""
     args = source.args
-    first_keys = source.shards[(0, 0)][0].keys()
-    if _is_encoder_decoder(first_keys) and source.pp > 1:
-        raise CheckpointError(f"{source.load_dir}: resharding an encoder-decoder (T5) checkpoint saved with "
-                              f"pipeline_model_parallel_size {source.pp} is not supported; only PP 1")
+    encoder_decoder = any(_is_encoder_decoder(source.shards[(0, p)][0].keys()) for p in range(source.pp))
+    split = saved_split_rank(args, source.pp, encoder_decoder, source.load_dir)
     full: Dict[str, torch.Tensor] = {}
     for pp_rank in range(source.pp):
         per_tp = [source.shards[(tp_rank, pp_rank)] for tp_rank in range(source.tp)]
@@ -150,6 +176,14 @@ def merge_shards(source: SourceCheckpoint) -> Dict[str, torch.Tensor]:
                     continue
                 if name == _EMBEDDING_HEAD_COPY:
                     continue  # the last stage's copy of the (tied) word embeddings; the first stage's is kept
+                layer = _LAYER.match(name)
+                if layer is not None:
+                    offset_here = _stage_layer_offset(name, args.num_layers, source.pp, pp_rank, offset, split)
+                    name_out = f"{layer.group(1)}.{int(layer.group(2)) + offset_here}.{layer.group(3)}"
+                else:
+                    name_out = name
+                if name_out in full:
+                    continue  # the first decoder stage's copy of the embeddings equals the first stage's
                 dim = split_dim(name)
                 if dim is None or source.tp == 1:
                     merged = tensor
@@ -159,10 +193,7 @@ def merge_shards(source: SourceCheckpoint) -> Dict[str, torch.Tensor]:
                     except KeyError:
                         raise CheckpointError(f"{source.load_dir}: {name} is missing from a tensor-parallel "
                                               f"shard of pipeline stage {pp_rank}") from None
-                layer = _LAYER.match(name)
-                if layer is not None and not _is_encoder_decoder(first_keys):
-                    name = f"{layer.group(1)}.{int(layer.group(2)) + offset}.{layer.group(3)}"
-                full[name] = merged.clone()
+                full[name_out] = merged.clone()
     return full
 
 
@@ -175,11 +206,11 @@ def target_padded_vocab_size(args, target_tp: int, true_vocab_size: Optional[int
     """
     from megatron.tokenizer.build import build_tokenizer, vocab_size_with_padding
 
-    divisible_by = _saved_arg(args, "make_vocab_size_divisible_by") or 128
+    divisible_by = saved_arg(args, "make_vocab_size_divisible_by") or 128
     padding_args = argparse.Namespace(make_vocab_size_divisible_by=divisible_by, tensor_model_parallel_size=target_tp)
-    if true_vocab_size is None and _saved_arg(args, "vocab_size"):
-        true_vocab_size = args.vocab_size + (_saved_arg(args, "vocab_extra_ids") or 0)
-    if true_vocab_size is None and _saved_arg(args, "tokenizer_type"):
+    if true_vocab_size is None and saved_arg(args, "vocab_size"):
+        true_vocab_size = args.vocab_size + (saved_arg(args, "vocab_extra_ids") or 0)
+    if true_vocab_size is None and saved_arg(args, "tokenizer_type"):
         tokenizer_args = copy.copy(args)
         tokenizer_args.rank = 1  # silent
         try:
@@ -216,42 +247,86 @@ def _stage_of(name: str, layers_per_stage: int, pp: int) -> Tuple[int, str]:
     return pp - 1, name  # final layer norm, pooler and heads
 
 
+def _encoder_decoder_stages(name: str, num_layers: int, pp: int, split: Optional[int]) -> List[Tuple[int, str]]:
+    """Every (pipeline stage, local name) that holds ``name`` of a T5 model split at ``split``."""
+    if pp == 1:
+        return [(0, name)]
+    layer = _LAYER.match(name)
+    if layer is not None:
+        first, stages = (0, split) if ".encoder." in name else (split, pp - split)
+        per_stage = num_layers // stages
+        index = int(layer.group(2))
+        return [(first + index // per_stage, f"{layer.group(1)}.{index % per_stage}.{layer.group(3)}")]
+    if name.startswith("language_model.embedding."):
+        return [(0, name), (split, name)]  # both sides embed their own tokens
+    if name.startswith("language_model.encoder."):
+        return [(split - 1, name)]  # the encoder's final layer norm
+    return [(pp - 1, name)]  # the decoder's final layer norm, LM head
+
+
+def check_split_rank(full, num_layers: int, pp: int, split_rank: Optional[int]) -> Optional[int]:
+    """The split rank a target layout uses: None without an encoder-decoder split, else a valid one."""
+    if not _is_encoder_decoder(full) or pp == 1:
+        if split_rank is not None and pp == 1:
+            raise CheckpointError(f"a pipeline split rank ({split_rank}) needs --target-pipeline-parallel-size > 1")
+        if split_rank is not None:
+            raise CheckpointError(f"a pipeline split rank ({split_rank}) applies to encoder-decoder (T5) "
+                                  f"checkpoints only")
+        return None
+    if split_rank is None:
+        split_rank = pp // 2
+    if not 0 < split_rank < pp:
+        raise CheckpointError(f"pipeline split rank {split_rank} must lie in [1, target pipeline size {pp} - 1]")
+    for stages, what in ((split_rank, "encoder stages (split rank)"), (pp - split_rank, "decoder stages")):
+        if num_layers % stages != 0:
+            raise CheckpointError(f"num_layers {num_layers} is not divisible by the {stages} {what} of "
+                                  f"target pipeline size {pp} split at {split_rank}")
+    return split_rank
+
+
 def split_full(full: Dict[str, torch.Tensor], num_layers: int, tp: int, pp: int,
-               padded_vocab_size: int) -> Shards:
-    """The flat state dict of every (tp_rank, pp_rank) of the target layout."""
-    if num_layers % pp != 0:
+               padded_vocab_size: int, split_rank: Optional[int] = None) -> Shards:
+    """The flat state dict of every (tp_rank, pp_rank) of the target layout.
+
+    ``split_rank`` places an encoder-decoder model (default: half the stages for each side).
+    """
+    encoder_decoder = _is_encoder_decoder(full)
+    split = check_split_rank(full, num_layers, pp, split_rank)
+    if not encoder_decoder and num_layers % pp != 0:
         raise CheckpointError(f"--target-pipeline-parallel-size {pp} does not divide num_layers {num_layers}")
-    if _is_encoder_decoder(full) and pp > 1:
-        raise CheckpointError(f"--target-pipeline-parallel-size {pp}: encoder-decoder (T5) checkpoints are "
-                              f"resharded to pipeline size 1 only")
     shards: Shards = {(t, p): {} for t in range(tp) for p in range(pp)}
     layers_per_stage = num_layers // pp
     items = dict(full)
-    if pp > 1 and _WORD_EMBEDDINGS in items:
-        items["\0head"] = items[_WORD_EMBEDDINGS]  # the last stage's copy, placed below
+    # The last stage keeps a copy of the tied word embeddings unless it embeds tokens itself.
+    if pp > 1 and _WORD_EMBEDDINGS in items and split != pp - 1:
+        items["\0head"] = items[_WORD_EMBEDDINGS]  # placed below
     for name, tensor in items.items():
         if name == "\0head":
-            stage, local = pp - 1, _EMBEDDING_HEAD_COPY
+            placements = [(pp - 1, _EMBEDDING_HEAD_COPY)]
+        elif encoder_decoder:
+            placements = _encoder_decoder_stages(name, num_layers, pp, split)
         else:
-            stage, local = (0, name) if _is_encoder_decoder(full) else _stage_of(name, layers_per_stage, pp)
-        if local.endswith(_VOCAB_PARALLEL):
-            tensor = _repad(tensor, padded_vocab_size)
-        dim = split_dim(local)
-        if dim is not None and tensor.shape[dim] % tp != 0:
-            raise CheckpointError(f"{local} has {tensor.shape[dim]} entries along dimension {dim}, not divisible "
-                                  f"by --target-tensor-parallel-size {tp}")
-        for tp_rank in range(tp):
-            part = tensor if dim is None else torch.chunk(tensor, tp, dim=dim)[tp_rank]
-            shards[(tp_rank, stage)][local] = part.clone()
+            placements = [_stage_of(name, layers_per_stage, pp)]
+        for stage, local in placements:
+            if local.endswith(_VOCAB_PARALLEL):
+                tensor = _repad(tensor, padded_vocab_size)
+            dim = split_dim(local)
+            if dim is not None and tensor.shape[dim] % tp != 0:
+                raise CheckpointError(f"{local} has {tensor.shape[dim]} entries along dimension {dim}, not "
+                                      f"divisible by --target-tensor-parallel-size {tp}")
+            for tp_rank in range(tp):
+                part = tensor if dim is None else torch.chunk(tensor, tp, dim=dim)[tp_rank]
+                shards[(tp_rank, stage)][local] = part.clone()
     return shards
 
 
 # -- writing ------------------------------------------------------------------------------------
-def target_args(args, tp: int, pp: int, padded_vocab_size: int):
+def target_args(args, tp: int, pp: int, padded_vocab_size: int, split_rank: Optional[int] = None):
     """The saved arguments, describing the target layout (checked by the loader)."""
     new = copy.copy(args)
     new.tensor_model_parallel_size = tp
     new.pipeline_model_parallel_size = pp
+    new.pipeline_model_parallel_split_rank = split_rank
     new.padded_vocab_size = padded_vocab_size
     for name in ("virtual_pipeline_model_parallel_size", "num_layers_per_virtual_pipeline_stage"):
         if hasattr(new, name):
@@ -269,7 +344,7 @@ def write_checkpoint(save_dir: str, shards: Shards, args, iteration: int, releas
     """
     pp = max(p for _, p in shards) + 1
     os.makedirs(save_dir, exist_ok=True)
-    _remove_stale_save_dirs(save_dir)
+    remove_stale_save_dirs(save_dir)
     final_dir = os.path.join(save_dir, "release" if release else f"iter_{iteration:07d}")
     partial_dir = final_dir + ".partial"
     if os.path.exists(partial_dir):
@@ -282,17 +357,21 @@ def write_checkpoint(save_dir: str, shards: Shards, args, iteration: int, releas
                  "model": nest_state_dict(flat)}
         with atomic_open(os.path.join(rank_dir, MODEL_FILENAME), "wb") as f:
             torch.save(state, f)
-        _fsync_dir(rank_dir)
-    _fsync_dir(partial_dir)
-    _publish(partial_dir, final_dir)
+        fsync_dir(rank_dir)
+    fsync_dir(partial_dir)
+    publish_iteration_dir(partial_dir, final_dir)
     atomic_write_text(get_checkpoint_tracker_filename(save_dir), "release\n" if release else f"{iteration}\n")
-    _fsync_dir(save_dir)
+    fsync_dir(save_dir)
     return final_dir
 
 
 def reshard_checkpoint(load_dir: str, save_dir: str, target_tp: int, target_pp: int,
-                       true_vocab_size: Optional[int] = None) -> str:
-    """Read ``load_dir`` at any layout and write it to ``save_dir`` at ``target_tp x target_pp``."""
+                       true_vocab_size: Optional[int] = None, target_split_rank: Optional[int] = None) -> str:
+    """Read ``load_dir`` at any layout and write it to ``save_dir`` at ``target_tp x target_pp``.
+
+    An encoder-decoder (T5) target with more than one stage is split at ``target_split_rank``;
+    by default at the source's split when the pipeline size is unchanged, else at half the stages.
+    """
     if target_tp < 1 or target_pp < 1:
         raise CheckpointError(f"target sizes must be at least 1 (got TP {target_tp}, PP {target_pp})")
     if os.path.abspath(load_dir) == os.path.abspath(save_dir):
@@ -304,6 +383,9 @@ def reshard_checkpoint(load_dir: str, save_dir: str, target_tp: int, target_pp: 
         raise CheckpointError(f"--target-tensor-parallel-size {target_tp} does not divide "
                               f"num_attention_heads {heads}")
     padded = target_padded_vocab_size(source.args, target_tp, true_vocab_size)
-    shards = split_full(full, source.args.num_layers, target_tp, target_pp, padded)
-    args = target_args(source.args, target_tp, target_pp, padded)
+    if target_split_rank is None and _is_encoder_decoder(full) and target_pp == source.pp > 1:
+        target_split_rank = saved_arg(source.args, "pipeline_model_parallel_split_rank")
+    split = check_split_rank(full, source.args.num_layers, target_pp, target_split_rank)
+    shards = split_full(full, source.args.num_layers, target_tp, target_pp, padded, split)
+    args = target_args(source.args, target_tp, target_pp, padded, split)
     return write_checkpoint(save_dir, shards, args, source.iteration, source.release)

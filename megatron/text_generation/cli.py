@@ -35,10 +35,9 @@ def sampling_params_from_args(args) -> SamplingParams:
 
 
 def check_generation_layout(args) -> None:
-    if args.pipeline_model_parallel_size > 1:
-        raise ValueError(f"--pipeline-model-parallel-size {args.pipeline_model_parallel_size} > 1 is not supported "
-                         "by text generation; reshard the checkpoint to one pipeline stage "
-                         "(tools/checkpoint_util.py --target-pipeline-parallel-size 1)")
+    if getattr(args, "virtual_pipeline_model_parallel_size", None) is not None:
+        raise ValueError("--num-layers-per-virtual-pipeline-stage is not supported by text generation "
+                         "(one model chunk per pipeline stage)")
     if not args.load:
         raise ValueError("--load is required: the checkpoint directory to generate from")
 
@@ -60,7 +59,8 @@ def gpt_inference_model_provider(pre_process=True, post_process=True):
 
 
 def load_gpt_for_generation(args) -> torch.nn.Module:
-    """The checkpoint in ``--load`` as one evaluation-mode model (tensor-parallel shard on each rank)."""
+    """The checkpoint in ``--load`` as one evaluation-mode model: this rank's tensor-parallel shard of
+    its pipeline stage."""
     from megatron.checkpointing import load_checkpoint
     from megatron.core import parallel_state
     from megatron.core.transformer import ModelType

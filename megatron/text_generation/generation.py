@@ -1,4 +1,4 @@
-"""Batched autoregressive decoding for a GPT model (one pipeline stage holding the whole model).
+"""Batched autoregressive decoding for a GPT model, on one process or under tensor/pipeline parallelism.
 
 Prompts of different lengths share one token buffer: decoding starts at the shortest prompt, and
 a row whose prompt is longer keeps its own prompt tokens until they run out (Megatron's scheme).
@@ -8,6 +8,12 @@ step (Megatron's ``--recompute``). Both see the same causal attention, so greedy
 
 Under tensor parallelism every rank computes the same gathered logits; the token chosen by
 tensor-parallel rank 0 is broadcast so that sampling can never drift apart between ranks.
+
+Under pipeline parallelism every step runs the stages in turn: the first stage embeds the fed
+positions, each stage sends its hidden states ``[s, b, h]`` to the next (the shape is known to
+all stages from the step, so no handshake is needed), and the last stage computes the logits and
+samples. Its tokens are then broadcast over the pipeline group, so every stage holds the same
+token buffer and stopping state for the next step. Each stage keeps the KV cache of its own layers.
 """
 import contextlib
 from typing import Dict, List, Optional, Sequence
@@ -16,17 +22,34 @@ import torch
 import torch.distributed as dist
 
 from megatron.core.parallel_state import ProcessGroups, get_process_groups
-from megatron.core.transformer.attention import ParallelAttention
+from megatron.core.pipeline_parallel.finalize import unwrap_model
+from megatron.core.pipeline_parallel.p2p import P2PCommunicator
+from megatron.core.transformer.attention import ParallelAttention, RotaryEmbedding
 from megatron.core.transformer.enums import AttnType
 from megatron.text_generation.sampling import SamplingParams, sample
 
 
 class KVCache:
-    """Keys and values [s, b, np, hn] of the positions one self-attention layer has already seen."""
+    """Keys and values [s, b, np, hn] of the positions one self-attention layer has already seen.
 
-    def __init__(self):
+    ``rotary`` is the model's rotary embedding (None for learned absolute positions): a cached
+    step's new keys and queries are rotated by their absolute positions, which follow the cached ones.
+    """
+
+    def __init__(self, rotary: Optional[RotaryEmbedding] = None):
         self.key: Optional[torch.Tensor] = None
         self.value: Optional[torch.Tensor] = None
+        self.rotary = rotary
+
+    @property
+    def length(self) -> int:
+        return 0 if self.key is None else self.key.shape[0]
+
+    def rotary_frequencies(self, count: int) -> torch.Tensor:
+        if self.rotary is None:
+            raise ValueError("the model applies rotary position embeddings but the KV cache was given none "
+                             "(use text_generation.kv_cache(model), which finds the model's RotaryEmbedding)")
+        return self.rotary(count, offset=self.length)
 
     def update(self, key: torch.Tensor, value: torch.Tensor):
         if self.key is None:
@@ -37,13 +60,25 @@ class KVCache:
         return self.key, self.value
 
 
+def _rotary_embedding(model: torch.nn.Module) -> Optional[RotaryEmbedding]:
+    """The model's rotary embedding; every copy (one per language model) is built from one config."""
+    found = [m for m in model.modules() if isinstance(m, RotaryEmbedding)]
+    if not found:
+        return None
+    for other in found[1:]:
+        if other.dim != found[0].dim or not torch.equal(other.inv_freq, found[0].inv_freq):
+            raise ValueError("the model holds rotary embeddings of different sizes; the KV cache needs one")
+    return found[0]
+
+
 @contextlib.contextmanager
 def kv_cache(model: torch.nn.Module):
     """Give every self-attention layer of ``model`` a fresh, empty cache for the duration of the block."""
     layers = [m for m in model.modules()
               if isinstance(m, ParallelAttention) and m.attention_type == AttnType.self_attn]
+    rotary = _rotary_embedding(model)
     for layer in layers:
-        layer.inference_cache = KVCache()
+        layer.inference_cache = KVCache(rotary)
     try:
         yield
     finally:
@@ -52,11 +87,17 @@ def kv_cache(model: torch.nn.Module):
 
 
 def _check_layout(model: torch.nn.Module, pg: ProcessGroups) -> None:
-    if pg.pipeline_model_parallel_size > 1:
-        raise ValueError(f"text generation runs on one pipeline stage; --pipeline-model-parallel-size "
-                         f"{pg.pipeline_model_parallel_size} > 1 is not supported (reshard the checkpoint "
-                         f"with tools/checkpoint_util.py --target-pipeline-parallel-size 1)")
-    inner = getattr(model, "module", model)
+    inner = unwrap_model(model)
+    if pg.virtual_pipeline_model_parallel_size is not None:
+        raise ValueError(f"text generation runs one model chunk per pipeline stage; "
+                         f"--num-layers-per-virtual-pipeline-stage (virtual size "
+                         f"{pg.virtual_pipeline_model_parallel_size}) is not supported")
+    config = getattr(inner, "config", None)
+    if config is not None and config.sequence_parallel and pg.tensor_model_parallel_size > 1:
+        raise ValueError("text generation feeds one position per step, which sequence parallelism cannot split; "
+                         "build the model with sequence_parallel=False (the weights are the same)")
+    if pg.pipeline_model_parallel_size > 1 and config is None:
+        raise ValueError("pipeline-parallel generation needs a model with a TransformerConfig (.config)")
     if getattr(inner, "parallel_output", False):
         raise ValueError("text generation needs the full-vocabulary logits: build GPTModel with parallel_output=False")
 
@@ -70,6 +111,45 @@ def _agree_across_tensor_parallel(tokens: torch.Tensor, pg: ProcessGroups) -> to
     if pg.tensor_model_parallel_size > 1:
         dist.broadcast(tokens, src=pg.tp_src_rank, group=pg.tp)
     return tokens
+
+
+class _Stages:
+    """One decoding step across the pipeline: returns last-position logits on the last stage, else None."""
+
+    def __init__(self, model: torch.nn.Module, pg: ProcessGroups, device):
+        self.model = model
+        self.pg = pg
+        self.pipelined = pg.pipeline_model_parallel_size > 1
+        if self.pipelined:
+            config = unwrap_model(model).config
+            # Hidden states leave a stage in fp32 when the residual stream is kept in fp32.
+            dtype = torch.float32 if config.fp32_residual_connection else config.pipeline_dtype
+            self.hidden_size = config.hidden_size
+            self.comm = P2PCommunicator(pg, dtype, device)
+            self.last = pg.is_pipeline_last_stage(ignore_virtual=True)
+
+    def logits(self, tokens: torch.Tensor, position_ids: torch.Tensor) -> Optional[torch.Tensor]:
+        if not self.pipelined:
+            return _logits(self.model, tokens, position_ids)
+        shape = (tokens.shape[1], tokens.shape[0], self.hidden_size)  # [s, b, h]
+        received = self.comm.recv_forward([shape])
+        unwrap_model(self.model).set_input_tensor(received[0] if received else None)
+        output = self.model(tokens, position_ids, None)
+        if not self.last:
+            self.comm.send_forward([output])
+            return None
+        return output[:, -1, :]
+
+    def choose(self, logits: Optional[torch.Tensor], params: SamplingParams, vocab_size: Optional[int],
+               generator: Optional[torch.Generator], batch: int, device) -> torch.Tensor:
+        """The next token of every row, identical on every rank of the model-parallel group."""
+        if logits is not None:
+            chosen = _agree_across_tensor_parallel(sample(logits, params, vocab_size, generator), self.pg)
+        else:
+            chosen = torch.empty(batch, dtype=torch.long, device=device)
+        if self.pipelined:
+            dist.broadcast(chosen, src=self.pg.pipeline_last_rank, group=self.pg.pp)
+        return chosen
 
 
 @torch.no_grad()
@@ -107,6 +187,7 @@ def generate_tokens(model: torch.nn.Module, prompts: Sequence[Sequence[int]], to
     ends = limits.clone()
     positions = torch.arange(total, device=device).unsqueeze(0).expand(batch, -1)
 
+    stages = _Stages(model, pg, device)
     was_training = model.training
     model.eval()
     try:
@@ -115,12 +196,10 @@ def generate_tokens(model: torch.nn.Module, prompts: Sequence[Sequence[int]], to
             for position in range(int(lengths.min()), total):
                 if bool(done.all()):
                     break
-                if use_cache:
-                    logits = _logits(model, tokens[:, fed:position], positions[:, fed:position])
-                    fed = position
-                else:
-                    logits = _logits(model, tokens[:, :position], positions[:, :position])
-                chosen = _agree_across_tensor_parallel(sample(logits, params, vocab_size, generator), pg)
+                start = fed if use_cache else 0
+                logits = stages.logits(tokens[:, start:position], positions[:, start:position])
+                fed = position
+                chosen = stages.choose(logits, params, vocab_size, generator, batch, device)
                 generating = (lengths <= position) & ~done
                 tokens[:, position] = torch.where(generating, chosen, tokens[:, position])
                 hit_eod = generating & (chosen == eod)
@@ -129,6 +208,8 @@ def generate_tokens(model: torch.nn.Module, prompts: Sequence[Sequence[int]], to
                 done |= hit_eod | (generating & (position + 1 >= limits))
     finally:
         model.train(was_training)
+        if stages.pipelined:
+            unwrap_model(model).set_input_tensor(None)
     return [{"tokens": tokens[row, lengths_list[row]:int(ends[row])].tolist(), "finished": bool(finished[row])}
             for row in range(batch)]
 

@@ -97,3 +97,42 @@ def test_bad_targets_fail_with_a_message(trained, tmp_path, capsys):
     assert checkpoint_util(["--load-dir", str(tmp_path / "none"), "--save-dir", str(tmp_path / "z")]) == 1
     assert "no checkpoint tracker file" in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "x") and not os.path.exists(tmp_path / "y")
+
+
+def t5_args(data, *extra):
+    from megatron.tokenizer import bert_uncased_vocab_path
+
+    return ["--num-layers", "2", "--hidden-size", "32", "--num-attention-heads", "4", "--kv-channels", "8",
+            "--ffn-hidden-size", "128", "--encoder-seq-length", "32", "--decoder-seq-length", "16",
+            "--max-position-embeddings", "32", "--micro-batch-size", "2", "--global-batch-size", "8",
+            "--lr", "1e-3", "--min-lr", "1e-4", "--lr-decay-style", "cosine", "--weight-decay", "0.01",
+            "--clip-grad", "1.0", "--hidden-dropout", "0", "--attention-dropout", "0", "--seed", "1234",
+            "--data-path", f"{data}/bert_text_sentence", "--vocab-file", bert_uncased_vocab_path(),
+            "--vocab-extra-ids", "100", "--log-interval", "1", "--eval-iters", "1",
+            "--distributed-backend", "gloo", *COMMON, *extra]
+
+
+@pytest.mark.slow
+def test_t5_split_pipeline_checkpoint_reshards_to_tp1_with_the_same_loss(data, tmp_path):
+    """T5 trained at TP2 x PP2 (split rank 1), resharded to TP1 x PP1 and back to PP2 at TP1."""
+    save = str(tmp_path / "t5_tp2pp2")
+    layout = [*TP2PP2, "--pipeline-model-parallel-split-rank", "1"]
+    result = run_script("pretrain_t5.py", t5_args(data, *layout, "--train-iters", "4", "--lr-warmup-iters", "2",
+                                                  "--save", save, "--save-interval", "4", "--eval-interval", "4"),
+                        nproc=4, timeout=600)
+    want = eval_losses(result.stdout)
+    assert len(want) == 3, result.stdout[-2000:]
+
+    def losses(load, nproc, *flags):
+        args = t5_args(data, "--load", load, "--finetune", "--lr", "0", "--min-lr", "0", "--lr-warmup-iters", "0",
+                       "--eval-interval", "1", "--train-iters", "1", *flags)
+        return eval_losses(run_script("pretrain_t5.py", args, nproc=nproc, timeout=600).stdout)
+
+    tp1 = str(tmp_path / "t5_tp1")
+    tool("checkpoint_util.py", "--model-type", "T5", "--load-dir", save, "--save-dir", tp1)
+    assert sorted(os.listdir(os.path.join(tp1, "iter_0000004"))) == ["mp_rank_00"]
+    assert losses(tp1, 1) == pytest.approx(want, rel=1e-5)
+    pp2 = str(tmp_path / "t5_pp2")
+    tool("checkpoint_util.py", "--load-dir", tp1, "--save-dir", pp2, "--target-pipeline-parallel-size", "2")
+    assert losses(pp2, 2, "--pipeline-model-parallel-size", "2", "--pipeline-model-parallel-split-rank", "1") == \
+        pytest.approx(want, rel=1e-5)

@@ -1,11 +1,15 @@
 """tools/generate_samples_gpt.py end to end on a tiny trained GPT: conditional and unconditional
-generation, KV cache equal to --recompute, TP2 equal to TP1, and one-line errors for bad input."""
+generation, KV cache equal to --recompute, TP2 and PP2 (resharded checkpoint) equal to TP1, and
+one-line errors for bad input."""
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
-from test_generate_lib import model_args
-from test_training_lib import run_script
+from test_generate_lib import gpt_checkpoint, model_args
+from test_training_lib import REPO, run_script
 
 PROMPTS = ["The module defines", "Return a list of", "import os", "x"]
 
@@ -70,10 +74,22 @@ def test_bad_prompt_file_fails_with_one_line_naming_path_and_line(tmp_path):
     assert not (tmp_path / "out.jsonl").exists()
 
 
-@pytest.mark.slow
-def test_pipeline_parallel_is_refused_with_the_flag_named(tmp_path):
-    result = run_script("tools/generate_samples_gpt.py",
-                        [*model_args(), "--pipeline-model-parallel-size", "2", "--num-samples", "1",
-                         "--genfile", str(tmp_path / "out.jsonl")], nproc=2, check=False)
-    assert result.returncode != 0
-    assert "--pipeline-model-parallel-size 2 > 1 is not supported by text generation" in result.stderr
+def test_pipeline_parallel_generation_equals_single_process(tmp_path, prompt_file, greedy_tp1):
+    """The TP1 checkpoint resharded to two pipeline stages generates the same greedy text, cached and not."""
+    resharded = str(tmp_path / "pp2")
+    result = subprocess.run([sys.executable, os.path.join(REPO, "tools", "checkpoint_util.py"),
+                             "--load-dir", gpt_checkpoint(), "--save-dir", resharded,
+                             "--target-tensor-parallel-size", "1", "--target-pipeline-parallel-size", "2"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    flags = [*swap_load(model_args(), resharded), "--pipeline-model-parallel-size", "2", *greedy_flags(prompt_file)]
+    for name, extra in (("pp2", []), ("pp2_recompute", ["--recompute"])):
+        genfile = str(tmp_path / f"{name}.jsonl")
+        run_script("tools/generate_samples_gpt.py", [*flags, *extra, "--genfile", genfile], nproc=2)
+        assert read_jsonl(genfile) == greedy_tp1, name
+
+
+def swap_load(flags, load):
+    index = flags.index("--load")
+    return [*flags[:index + 1], load, *flags[index + 2:]]
+

@@ -127,7 +127,7 @@ def test_impossible_targets_are_refused(tmp_path):
         SourceCheckpoint(str(tmp_path))
 
 
-def test_t5_reshards_at_pipeline_size_1(tmp_path):
+def test_t5_reshards_across_tensor_and_split_pipeline_layouts(tmp_path):
     from megatron.core.models import T5Model
     from megatron.core.transformer import TransformerConfig
 
@@ -139,5 +139,33 @@ def test_t5_reshards_at_pipeline_size_1(tmp_path):
     reshard_checkpoint(str(tmp_path / "tp2"), str(tmp_path / "tp1"), 1, 1)
     merged = merge_shards(SourceCheckpoint(str(tmp_path / "tp1")))
     assert sorted(merged) == sorted(full) and all(torch.equal(merged[k], full[k]) for k in full)
-    with pytest.raises(CheckpointError, match="encoder-decoder \\(T5\\) checkpoints are resharded to pipeline size 1"):
-        reshard_checkpoint(str(tmp_path / "tp2"), str(tmp_path / "pp2"), 1, 2)
+
+    # TP1 x PP1 -> TP1 x PP2 split at 1 -> TP1 x PP1 is the identity.
+    reshard_checkpoint(str(tmp_path / "tp1"), str(tmp_path / "pp2"), 1, 2, target_split_rank=1)
+    source = SourceCheckpoint(str(tmp_path / "pp2"))
+    assert source.pp == 2 and source.args.pipeline_model_parallel_split_rank == 1
+    encoder_stage, decoder_stage = source.shards[(0, 0)][0], source.shards[(0, 1)][0]
+    assert not any(".decoder." in k for k in encoder_stage) and not any(".encoder." in k for k in decoder_stage)
+    assert "language_model.encoder.final_layernorm.weight" in encoder_stage and "lm_head.bias" in decoder_stage
+    for stage in (encoder_stage, decoder_stage):  # both sides embed their own tokens
+        assert torch.equal(stage["language_model.embedding.position_embeddings.weight"],
+                           full["language_model.embedding.position_embeddings.weight"])
+    assert "word_embeddings_for_head.weight" not in decoder_stage  # the last stage is the first decoder stage
+    reshard_checkpoint(str(tmp_path / "pp2"), str(tmp_path / "back"), 1, 1)
+    back = merge_shards(SourceCheckpoint(str(tmp_path / "back")))
+    assert sorted(back) == sorted(full) and all(torch.equal(back[k], full[k]) for k in full)
+    assert SourceCheckpoint(str(tmp_path / "back")).args.pipeline_model_parallel_split_rank is None
+
+    # Without a split rank the stages are halved; an impossible split is refused.
+    reshard_checkpoint(str(tmp_path / "tp1"), str(tmp_path / "default"), 1, 2)
+    assert SourceCheckpoint(str(tmp_path / "default")).args.pipeline_model_parallel_split_rank == 1
+    with pytest.raises(CheckpointError, match="split rank 2 must lie in \\[1, target pipeline size 2 - 1\\]"):
+        reshard_checkpoint(str(tmp_path / "tp1"), str(tmp_path / "bad"), 1, 2, target_split_rank=2)
+    with pytest.raises(CheckpointError, match="num_layers 2 is not divisible by the 3 decoder stages"):
+        reshard_checkpoint(str(tmp_path / "tp1"), str(tmp_path / "bad"), 1, 4, target_split_rank=1)
+    with pytest.raises(CheckpointError, match="applies to encoder-decoder \\(T5\\) checkpoints only"):
+        split_full(full_gpt(), LAYERS, 1, 2, VOCAB, split_rank=1)
+    pp2_without_split = SourceCheckpoint(str(tmp_path / "pp2"))
+    pp2_without_split.args.pipeline_model_parallel_split_rank = None
+    with pytest.raises(CheckpointError, match="needs a saved pipeline_model_parallel_split_rank"):
+        merge_shards(pp2_without_split)

@@ -178,17 +178,41 @@ def test_errors_name_the_problem():
         generate_tokens(model, [[]], 2, greedy, eod=9, max_sequence_length=4)
     pp2 = ProcessGroups(rank=0, world_size=2, pipeline_model_parallel_size=2, tp_ranks=[0], pp_ranks=[0, 1],
                         dp_ranks=[0])
-    with pytest.raises(ValueError, match="--pipeline-model-parallel-size 2 > 1 is not supported"):
+    with pytest.raises(ValueError, match="needs a model with a TransformerConfig"):
         generate_tokens(model, [[1]], 2, greedy, eod=9, max_sequence_length=4, pg=pp2)
+    vpp = ProcessGroups(rank=0, world_size=2, pipeline_model_parallel_size=2, virtual_pipeline_model_parallel_size=2,
+                        tp_ranks=[0], pp_ranks=[0, 1], dp_ranks=[0])
+    with pytest.raises(ValueError, match="virtual size 2"):
+        generate_tokens(model, [[1]], 2, greedy, eod=9, max_sequence_length=4, pg=vpp)
     torch.manual_seed(0)
     parallel = GPTModel(TransformerConfig(num_layers=1, hidden_size=16, num_attention_heads=2), VOCAB, 16)
     with pytest.raises(ValueError, match="parallel_output=False"):
         generate_tokens(parallel, [[1]], 2, greedy, eod=9, max_sequence_length=4)
 
 
-def test_kv_cache_rejects_rotary_embeddings():
+@pytest.mark.parametrize("backend", ["sdpa", "unfused"])
+def test_kv_cache_applies_rotary_embeddings_at_absolute_positions(backend):
+    model = tiny_gpt(backend, seed=3, position_embedding_type="rope", rotary_percent=0.5)
+    tokens = torch.randint(0, VOCAB, (2, 12), generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        full = model(tokens)
+        with kv_cache(model):
+            steps = [model(tokens[:, :4], None, None)] + [model(tokens[:, i:i + 1], None, None) for i in range(4, 12)]
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, rtol=1e-5, atol=1e-5)
+    prompts = [[3, 4, 5], [7], [9, 10, 11, 12, 13, 14]]
+    greedy = SamplingParams(greedy=True)
+    cached = generate_tokens(model, prompts, 8, greedy, eod=VOCAB - 1, max_sequence_length=32)
+    assert cached == generate_tokens(model, prompts, 8, greedy, eod=VOCAB - 1, max_sequence_length=32, use_cache=False)
+    assert len({tuple(row["tokens"]) for row in cached}) > 1
+
+
+def test_a_cache_without_the_rotary_embedding_is_refused():
+    from megatron.core.transformer.attention import ParallelAttention
+    from megatron.text_generation import KVCache
+
     model = tiny_gpt(position_embedding_type="rope")
-    with pytest.raises(ValueError, match="generate with --recompute"):
-        generate_tokens(model, [[1, 2]], 2, SamplingParams(greedy=True), eod=0, max_sequence_length=32)
-    assert len(generate_tokens(model, [[1, 2]], 2, SamplingParams(greedy=True), eod=VOCAB, max_sequence_length=32,
-                               use_cache=False)[0]["tokens"]) == 2
+    for module in model.modules():
+        if isinstance(module, ParallelAttention):
+            module.inference_cache = KVCache()
+    with pytest.raises(ValueError, match="use text_generation.kv_cache\\(model\\)"):
+        model(torch.tensor([[1, 2]]), None, None)

@@ -39,9 +39,11 @@ def test_generate_samples_flags_are_checked(argv, message):
 def test_layout_and_load_are_checked():
     args = tool_args("--num-samples", "1", "--genfile", "o")
     args.pipeline_model_parallel_size = 2
-    with pytest.raises(ValueError, match="--pipeline-model-parallel-size 2 > 1 is not supported by text generation"):
+    check_generation_layout(args)  # pipeline stages generate together
+    args.virtual_pipeline_model_parallel_size = 2
+    with pytest.raises(ValueError, match="--num-layers-per-virtual-pipeline-stage is not supported by text generation"):
         check_generation_layout(args)
-    args.pipeline_model_parallel_size, args.load = 1, None
+    args.virtual_pipeline_model_parallel_size, args.load = None, None
     with pytest.raises(ValueError, match="--load is required"):
         check_generation_layout(args)
 

@@ -35,8 +35,9 @@ class RotaryEmbedding(nn.Module):
         self.dim = dim
         self.register_buffer("inv_freq", 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim)), persistent=False)
 
-    def forward(self, seq_length: int) -> torch.Tensor:
-        positions = torch.arange(seq_length, dtype=torch.float32, device=self.inv_freq.device)
+    def forward(self, seq_length: int, offset: int = 0) -> torch.Tensor:
+        """Frequencies of positions ``offset .. offset + seq_length - 1``."""
+        positions = torch.arange(offset, offset + seq_length, dtype=torch.float32, device=self.inv_freq.device)
         freqs = torch.outer(positions, self.inv_freq)
         return torch.cat((freqs, freqs), dim=-1)[:, None, None, :]  # [s, 1, 1, dim]
 
@@ -150,7 +151,9 @@ class ParallelAttention(nn.Module):
             input_is_parallel=True, skip_bias_add=True, pg=pg)
         # Incremental decoding (megatron/text_generation) sets an object with
         # ``update(key, value) -> (all_keys, all_values)`` that appends this step's keys and values
-        # [s, b, np, hn] to those of earlier steps; None (training, recompute) attends to the input only.
+        # [s, b, np, hn] to those of earlier steps, and ``rotary_frequencies(s)`` giving the rotary
+        # frequencies of the s positions after the cached ones; None (training, recompute) attends
+        # to the input only.
         self.inference_cache = None
 
     def forward(self, hidden_states: torch.Tensor, attention_mask: Optional[torch.Tensor],
@@ -169,14 +172,17 @@ class ParallelAttention(nn.Module):
             key, value = torch.split(mixed, hn, dim=-1)
             query, _ = self.query(hidden_states)
             query = query.view(query.shape[0], query.shape[1], np_, hn)
+        cache = self.inference_cache if self.attention_type == AttnType.self_attn else None
+        if rotary_pos_emb is not None and cache is not None:
+            # The caller's frequencies count from position 0 of its input; a cached step's input
+            # continues after the cached positions, so its keys must be rotated by their absolute
+            # positions before they are cached (as a full forward would have rotated them).
+            rotary_pos_emb = cache.rotary_frequencies(query.shape[0]).to(rotary_pos_emb.device)
         if rotary_pos_emb is not None:
             query = apply_rotary_pos_emb(query, rotary_pos_emb[: query.shape[0]])
             key = apply_rotary_pos_emb(key, rotary_pos_emb[: key.shape[0]])
-        if self.inference_cache is not None and self.attention_type == AttnType.self_attn:
-            if rotary_pos_emb is not None:
-                raise ValueError("the inference KV cache does not support rotary position embeddings; "
-                                 "generate with --recompute")
-            key, value = self.inference_cache.update(key, value)  # [sk, b, np, hn], sk >= sq
+        if cache is not None:
+            key, value = cache.update(key, value)  # [sk, b, np, hn], sk >= sq
         if self.recompute_core_attention and self.training:
             context = checkpoint(self.core_attention, query, key, value, attention_mask)
         else:
