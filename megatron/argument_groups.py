@@ -271,7 +271,10 @@ def _add_logging_args(parser):
                        help="Write validation perplexity.")
 
 
-def _add_biencoder_args(parser):
+def add_biencoder_args(parser):
+    """The retriever flags, added only by the scripts that use them (pretrain_ict.py,
+    tools/create_doc_index.py, tools/eval_ict_heldout.py, tasks/main.py): elsewhere they would be
+    accepted and ignored."""
     group = parser.add_argument_group(title="biencoder (ICT retriever, block index, retrieval evaluation)")
     group.add_argument("--ict-head-size", type=int, default=None,
                        help="2020 spelling of --biencoder-projection-dim (ORQA: 128).")
@@ -310,6 +313,14 @@ def _add_biencoder_args(parser):
     group.add_argument("--faiss-index-factory", default="Flat",
                        help="FAISS index: Flat (exact), or approximate e.g. IVF1024,Flat or HNSW32.")
     group.add_argument("--faiss-nprobe", type=int, default=16, help="IVF lists searched per query.")
+    return parser
+
+
+def biencoder_arg_names() -> set:
+    """Destinations of the retriever flags, to refuse them where a task does not use them."""
+    parser = argparse.ArgumentParser(add_help=False)
+    add_biencoder_args(parser)
+    return {action.dest for action in parser._actions}
 
 
 GROUP_BUILDERS = (
@@ -324,7 +335,6 @@ GROUP_BUILDERS = (
     _add_validation_args,
     _add_data_args,
     _add_logging_args,
-    _add_biencoder_args,
 )
 
 

@@ -43,7 +43,7 @@ from megatron.checkpoint_state import (
     select_rng_state,
 )
 from megatron.core import parallel_state
-from megatron.core.fileio import atomic_open, atomic_write_text
+from megatron.core.fileio import atomic_open, atomic_write_text, fsync_dir
 
 CHECKPOINT_VERSION = 3.0
 TRACKER_FILENAME = "latest_checkpointed_iteration.txt"
@@ -136,15 +136,6 @@ def _model_keys(num_chunks: int) -> List[str]:
 
 
 # -- writing ------------------------------------------------------------------------------------
-def fsync_dir(path: str) -> None:
-    """Make a directory's entries (new or renamed files) durable."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _atomic_torch_save(obj, path: str) -> None:
     with atomic_open(path, "wb") as f:
         torch.save(obj, f)

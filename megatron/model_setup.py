@@ -119,6 +119,8 @@ def setup_model_and_optimizer(model_provider: Callable, model_type, args, pg):
         from megatron.checkpointing import load_checkpoint
 
         args.iteration = load_checkpoint(model, optimizer, scheduler, args)
+    elif getattr(args, "bert_load", None):
+        print_rank_0(f"> no --load given: training from the towers initialised from --bert-load {args.bert_load}")
     else:
         print_rank_0("> no --load given: training from randomly initialised weights")
     return model, optimizer, scheduler

@@ -124,12 +124,19 @@ class TrainingLogger:
         return line
 
 
+def _is_loss(key: str) -> bool:
+    return "loss" in key
+
+
 def validation_line(label: str, loss_dict: Dict[str, float]) -> str:
     """``{label} | lm loss value: X | lm loss PPL: Y |`` framed by dashes; ``label`` is e.g.
-    ``validation loss at iteration 100``."""
+    ``validation loss at iteration 100``. Only losses get a perplexity (not e.g. ``top1_acc``)."""
     parts = []
     for key in sorted(loss_dict):
         value = loss_dict[key]
+        if not _is_loss(key):
+            parts.append(f"{key} value: {value:.6E} |")
+            continue
         ppl = math.exp(min(20.0, value)) if math.isfinite(value) else float("nan")
         parts.append(f"{key} value: {value:.6E} | {key} PPL: {ppl:.6E} |")
     text = f" {label} | " + " ".join(parts)
@@ -145,7 +152,7 @@ def write_validation(writer, split: str, loss_dict: Dict[str, float], iteration:
     for key, value in loss_dict.items():
         writer.add_scalar(f"{key} {split}", value, iteration)
         writer.add_scalar(f"{key} {split} vs samples", value, consumed_samples)
-        if log_ppl:
+        if log_ppl and _is_loss(key):
             ppl = math.exp(min(20.0, value))
             writer.add_scalar(f"{key} {split} ppl", ppl, iteration)
             writer.add_scalar(f"{key} {split} ppl vs samples", ppl, consumed_samples)

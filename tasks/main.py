@@ -2,7 +2,8 @@
 
 The training layer's flags (model sizes, tokenizer, TP/PP, checkpoint loading) are shared with
 pretraining; this file adds the task flags and dispatches. Zero-shot GPT tasks: WIKITEXT103,
-LAMBADA; BERT sentence-pair classification (fine-tune and evaluate): MNLI, QQP; BERT multiple choice: RACE.
+LAMBADA; BERT sentence-pair classification (fine-tune and evaluate): MNLI, QQP; BERT multiple choice: RACE;
+retriever (ICT biencoder) top-k accuracy on NQ-style questions: RETRIEVER-EVAL (alias ICT-ZEROSHOT-NQ).
 """
 import os
 import sys
@@ -11,10 +12,14 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 ZERO_SHOT_TASKS = ("WIKITEXT103", "LAMBADA")
 GLUE_TASKS = ("MNLI", "QQP")
-TASKS = ZERO_SHOT_TASKS + GLUE_TASKS + ("RACE",)
+RETRIEVER_TASKS = ("RETRIEVER-EVAL", "ICT-ZEROSHOT-NQ")
+TASKS = ZERO_SHOT_TASKS + GLUE_TASKS + ("RACE",) + RETRIEVER_TASKS
 
 
 def get_tasks_args(parser):
+    from megatron.argument_groups import add_biencoder_args
+
+    add_biencoder_args(parser)  # RETRIEVER-EVAL
     group = parser.add_argument_group(title="tasks")
     group.add_argument("--task", type=str, required=True, choices=TASKS, help="Task name.")
     group.add_argument("--epochs", type=int, default=None,
@@ -58,6 +63,13 @@ def main(argv=None):
 
 
 def _run_task(args):
+    from megatron.argument_groups import biencoder_arg_names
+
+    if args.task not in RETRIEVER_TASKS:
+        unused = sorted(biencoder_arg_names() & getattr(args, "_explicit_flags", set()))
+        if unused:
+            raise ValueError(f"--task {args.task} does not use the retriever flag(s) "
+                             + ", ".join("--" + name.replace("_", "-") for name in unused))
     if args.virtual_pipeline_model_parallel_size is not None:
         raise ValueError("tasks/main.py does not support the interleaved pipeline schedule "
                          "(--num-layers-per-virtual-pipeline-stage)")
@@ -73,6 +85,10 @@ def _run_task(args):
         from tasks.race.finetune import main as race_main
 
         return race_main()
+    if args.task in RETRIEVER_TASKS:
+        from tasks.orqa.evaluate import main as retriever_main
+
+        return retriever_main()
     raise ValueError(f"--task {args.task} is not implemented")
 
 

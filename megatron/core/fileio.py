@@ -12,6 +12,21 @@ import threading
 _COUNTER = itertools.count()
 
 
+def fsync_dir(path: str) -> None:
+    """Make a directory's entries (new or renamed files) durable, where the platform allows: some
+    cannot open or fsync a directory, and the renames are atomic either way."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 @contextlib.contextmanager
 def atomic_open(path, mode="w", **open_kwargs):
     """``open()`` for writing that only publishes ``path`` when the block succeeds."""

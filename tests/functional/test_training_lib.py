@@ -19,7 +19,8 @@ def _run_tool(*args: str) -> None:
 
 
 def demo_data() -> str:
-    """A directory with the demo corpus preprocessed for GPT (BPE trained on it) and BERT."""
+    """A directory with the demo corpus preprocessed for GPT (BPE trained on it) and BERT (sentences of
+    ``text`` in ``bert_text_sentence``, one title a document in ``bert_title_sentence``)."""
     global _DATA_DIR
     if _DATA_DIR is not None:
         return _DATA_DIR
@@ -32,7 +33,7 @@ def demo_data() -> str:
               "--tokenizer-type", "GPT2BPETokenizer", "--append-eod", "--workers", "1")
     from megatron.tokenizer import bert_uncased_vocab_path
 
-    _run_tool("tools/preprocess_data.py", "--input", f"{directory}/corpus.json", "--json-keys", "text",
+    _run_tool("tools/preprocess_data.py", "--input", f"{directory}/corpus.json", "--json-keys", "text", "title",
               "--split-sentences", "--tokenizer-type", "BertWordPieceLowerCase", "--vocab-file",
               bert_uncased_vocab_path(), "--output-prefix", f"{directory}/bert", "--workers", "1")
     _DATA_DIR = directory

@@ -110,6 +110,11 @@ def test_validation_line_has_loss_and_perplexity():
     assert body == f" validation loss at iteration 5 | lm loss value: 2.000000E+00 | lm loss PPL: {math.exp(2.0):.6E} |"
 
 
+def test_validation_line_gives_accuracies_no_perplexity():
+    body = validation_line("validation loss at iteration 5", {"retrieval loss": 1.0, "top1_acc": 50.0}).split("\n")[1]
+    assert "retrieval loss PPL" in body and "top1_acc value: 5.000000E+01 |" in body and "top1_acc PPL" not in body
+
+
 class _RecordingWriter:
     def __init__(self):
         self.scalars = {}

@@ -35,6 +35,8 @@ import weakref
 
 import numpy as np
 
+from megatron.core.fileio import fsync_dir
+
 __all__ = [
     "IndexedDatasetError", "IndexedDataset", "MMapIndexedDataset", "LazyIndexedDataset",
     "IndexedCachedDataset", "IndexedDatasetBuilder", "MMapIndexedDatasetBuilder",
@@ -553,19 +555,6 @@ def _close_and_remove(owner_pid, fileobj, *paths):
     _remove_quietly(*paths)
 
 
-def _fsync_dir(path):
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return  # some platforms cannot open directories; the renames are still atomic
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 class _BuilderBase:
     """The ``.bin`` side of a builder: buffered writes to a temporary file, sizes, documents.
 
@@ -708,7 +697,7 @@ class _BuilderBase:
         self._done = True
         self._cleanup.detach()
         for directory in {os.path.dirname(os.path.abspath(p)) for p in (self._bin_path, idx_path)}:
-            _fsync_dir(directory)
+            fsync_dir(directory)
 
     def abort(self):
         """Drop everything written so far and remove the temporary files (a no-op after a

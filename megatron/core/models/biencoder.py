@@ -4,6 +4,10 @@ whose ``[CLS]`` output, optionally projected, is the embedding used for retrieva
 State-dict names follow Megatron-LM: ``query_model`` / ``context_model`` (or ``shared_model``),
 each holding ``language_model`` and, with a projection, ``projection_enc``. The towers are
 tensor-parallel; like Megatron-LM's, the biencoder runs on a single pipeline stage.
+
+``only_query_model`` / ``only_context_model`` build one tower (for embedding queries or indexing
+blocks); its state-dict names are those of the full model, so it loads from a full checkpoint by
+ignoring the other tower's entries.
 """
 import dataclasses
 import zlib
@@ -50,14 +54,19 @@ class PretrainedBertModel(nn.Module):
 class BiEncoderModel(nn.Module):
     def __init__(self, config: TransformerConfig, vocab_size: int, max_sequence_length: int,
                  num_tokentypes: int = 2, projection_dim: int = 0, shared_query_context_model: bool = False,
-                 pg: Optional[ProcessGroups] = None):
+                 pg: Optional[ProcessGroups] = None, only_query_model: bool = False,
+                 only_context_model: bool = False):
         super().__init__()
+        if only_query_model and only_context_model:
+            raise ValueError("only_query_model and only_context_model are mutually exclusive")
         self.pg = pg if pg is not None else get_process_groups()
         if self.pg.pipeline_model_parallel_size != 1:
             raise ValueError(
                 f"BiEncoderModel runs on one pipeline stage; got pipeline_model_parallel_size "
                 f"{self.pg.pipeline_model_parallel_size}")
         self.shared_query_context_model = shared_query_context_model
+        self.only_query_model = only_query_model
+        self.only_context_model = only_context_model
 
         def tower(name):
             # Each tower draws from its own seed (when init_seed is set): two towers built from
@@ -67,11 +76,16 @@ class BiEncoderModel(nn.Module):
             return PretrainedBertModel(tower_config, vocab_size, max_sequence_length, num_tokentypes,
                                        projection_dim, self.pg)
 
+        self.query_model: Optional[PretrainedBertModel] = None
+        self.context_model: Optional[PretrainedBertModel] = None
         if shared_query_context_model:
+            # One tower serves both sides, so a "half" model is the whole model.
             self.shared_model = tower("shared_model")
         else:
-            self.query_model = tower("query_model")
-            self.context_model = tower("context_model")
+            if not only_context_model:
+                self.query_model = tower("query_model")
+            if not only_query_model:
+                self.context_model = tower("context_model")
 
     def set_input_tensor(self, input_tensor) -> None:
         """The schedules' hook; a single-stage model never receives activations."""
@@ -79,17 +93,32 @@ class BiEncoderModel(nn.Module):
         if any(t is not None for t in received):
             raise ValueError("BiEncoderModel runs on one pipeline stage and cannot take received activations")
 
-    def towers(self) -> Tuple[PretrainedBertModel, PretrainedBertModel]:
+    def towers(self) -> Tuple[Optional[PretrainedBertModel], Optional[PretrainedBertModel]]:
+        """(query tower, context tower); None for a tower a half model did not build."""
         if self.shared_query_context_model:
             return self.shared_model, self.shared_model
         return self.query_model, self.context_model
 
-    def forward(self, query_tokens: torch.Tensor, query_attention_mask: torch.Tensor,
-                query_types: Optional[torch.Tensor], context_tokens: torch.Tensor,
-                context_attention_mask: torch.Tensor, context_types: Optional[torch.Tensor]):
+    def absent_tower_prefixes(self) -> Tuple[str, ...]:
+        """State-dict prefixes of the towers this (half) model leaves out."""
+        if self.shared_query_context_model:
+            return ()
+        return tuple(f"{name}." for name in ("query_model", "context_model") if getattr(self, name) is None)
+
+    def forward(self, query_tokens: Optional[torch.Tensor], query_attention_mask: Optional[torch.Tensor],
+                query_types: Optional[torch.Tensor], context_tokens: Optional[torch.Tensor],
+                context_attention_mask: Optional[torch.Tensor], context_types: Optional[torch.Tensor]):
+        """(query embeddings [b, d], context embeddings [b, d]); a side given no tokens returns None."""
         query_tower, context_tower = self.towers()
-        query_logits = query_tower(query_tokens, query_attention_mask, query_types)
-        context_logits = context_tower(context_tokens, context_attention_mask, context_types)
+        query_logits = context_logits = None
+        if query_tokens is not None:
+            if query_tower is None:
+                raise ValueError("this BiEncoderModel was built with only_context_model: it cannot embed queries")
+            query_logits = query_tower(query_tokens, query_attention_mask, query_types)
+        if context_tokens is not None:
+            if context_tower is None:
+                raise ValueError("this BiEncoderModel was built with only_query_model: it cannot embed contexts")
+            context_logits = context_tower(context_tokens, context_attention_mask, context_types)
         return query_logits, context_logits
 
     def init_from_bert_state_dict(self, bert_state_dict: Dict[str, torch.Tensor]) -> None:
@@ -99,5 +128,5 @@ class BiEncoderModel(nn.Module):
                          if key.startswith(prefix) and not key.startswith(prefix + "pooler.")}
         if not encoder_state:
             raise ValueError("the BERT state dict has no 'language_model.' entries to initialise the biencoder from")
-        for model in {id(t): t for t in self.towers()}.values():
+        for model in {id(t): t for t in self.towers() if t is not None}.values():
             model.language_model.load_state_dict(encoder_state, strict=True)
