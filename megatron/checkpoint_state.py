@@ -34,6 +34,9 @@ _NESTING = {
         "lm_head": _LEAF,
         "binary_head": _LEAF,
         "word_embeddings_for_head": _LEAF,
+        # Fine-tuning heads (tasks/): sentence-pair classification, multiple choice.
+        "classification_head": _LEAF,
+        "multichoice_head": _LEAF,
         # Biencoder towers: each holds its own language_model (+ projection_enc).
         "query_model": _ROOT,
         "context_model": _ROOT,

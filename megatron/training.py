@@ -99,8 +99,8 @@ def _pretrain(args, train_valid_test_dataset_provider, model_provider, model_typ
     timers.log(["model-and-optimizer-setup", "train/valid/test-data-iterators-setup"], rank=0)
     print_rank_0("done with setup ...\ntraining ...")
 
-    ctx = _Context(args, config, pg, model, optimizer, scheduler, forward_step_func, timers,
-                   get_tensorboard_writer())
+    ctx = TrainingContext(args, config, pg, model, optimizer, scheduler, forward_step_func, timers,
+                          get_tensorboard_writer())
     iteration = args.iteration
     if args.load is not None and iteration > 0:
         ctx.last_saved_iteration = iteration  # already on disk: a run with nothing left to train re-saves nothing
@@ -137,11 +137,18 @@ def _unlist(iterators: list):
     return iterators if len(iterators) > 1 else iterators[0]
 
 
-class _Context:
-    """What one training run holds; passed around instead of module globals."""
+class TrainingContext:
+    """What one training run holds; passed around instead of module globals.
 
-    def __init__(self, args, config, pg, model, optimizer, scheduler, forward_step_func, timers, writer):
+    ``micro_batch_rows``: the batch dimension of the activations a micro-batch sends between
+    pipeline stages, when it is not ``--micro-batch-size`` (multiple choice flattens each
+    question's choices into rows of their own).
+    """
+
+    def __init__(self, args, config, pg, model, optimizer, scheduler, forward_step_func, timers, writer,
+                 micro_batch_rows: Optional[int] = None):
         self.args, self.config, self.pg = args, config, pg
+        self.micro_batch_rows = micro_batch_rows if micro_batch_rows is not None else args.micro_batch_size
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
         self.forward_step_func, self.timers, self.writer = forward_step_func, timers, writer
         self.forward_backward_func = get_forward_backward_func(pg)
@@ -190,7 +197,7 @@ def _reduce_losses(losses_reduced: List[Dict[str, torch.Tensor]], pg) -> Dict[st
     return {key: float(value) for key, value in zip(keys, means.cpu().tolist())}
 
 
-def train_step(ctx: _Context, data_iterator):
+def train_step(ctx: TrainingContext, data_iterator):
     """One global batch: forward/backward over micro-batches, then the optimizer step.
 
     Returns (loss_dict, skipped_iter, grad_norm, num_zeros_in_grad); loss_dict is empty off the
@@ -207,7 +214,7 @@ def train_step(ctx: _Context, data_iterator):
     losses_reduced = ctx.forward_backward_func(
         forward_step_func=ctx.forward_step_func, data_iterator=data_iterator,
         model=ctx.model if len(ctx.model) > 1 else ctx.model[0], num_microbatches=get_num_microbatches(),
-        seq_length=args.seq_length or args.encoder_seq_length, micro_batch_size=args.micro_batch_size,
+        seq_length=args.seq_length or args.encoder_seq_length, micro_batch_size=ctx.micro_batch_rows,
         decoder_seq_length=getattr(args, "decoder_seq_length", None), config=ctx.config, forward_only=False,
         pg=ctx.pg, grad_scale_func=ctx.optimizer.scale_loss, finalize_model_grads_func=ctx.finalize_model_grads)
     timers("forward-backward", log_level=1).stop()
@@ -220,7 +227,7 @@ def train_step(ctx: _Context, data_iterator):
     return _reduce_losses(losses_reduced, ctx.pg), 0 if update_successful else 1, grad_norm, num_zeros_in_grad
 
 
-def _stop_flags(ctx: _Context, loss_dict: Dict[str, float]) -> List[bool]:
+def _stop_flags(ctx: TrainingContext, loss_dict: Dict[str, float]) -> List[bool]:
     """[nan loss (bf16/fp32), SIGTERM received, time budget used], agreed by every rank."""
     args = ctx.args
     nan = (not args.fp16) and any(not math.isfinite(v) for v in loss_dict.values())
@@ -231,7 +238,7 @@ def _stop_flags(ctx: _Context, loss_dict: Dict[str, float]) -> List[bool]:
     return [bool(f) for f in flags.cpu().tolist()]
 
 
-def save_checkpoint_and_time(ctx: _Context, iteration: int) -> None:
+def save_checkpoint_and_time(ctx: TrainingContext, iteration: int) -> None:
     from megatron.checkpointing import save_checkpoint
 
     _set_phase(f"checkpoint save at iteration {iteration}")
@@ -242,7 +249,7 @@ def save_checkpoint_and_time(ctx: _Context, iteration: int) -> None:
     ctx.last_saved_iteration = iteration
 
 
-def train(ctx: _Context, train_data_iterator, valid_data_iterator):
+def train(ctx: TrainingContext, train_data_iterator, valid_data_iterator):
     """The loop; returns (iteration, exit reason or None when --train-iters/--train-samples ran out)."""
     from megatron.global_vars import get_current_global_batch_size, update_num_microbatches
 
@@ -317,7 +324,7 @@ def _finish_abnormally(code: int) -> None:
     sys.exit(code)
 
 
-def evaluate(ctx: _Context, data_iterator, advance_consumed: bool = True) -> Dict[str, float]:
+def evaluate(ctx: TrainingContext, data_iterator, advance_consumed: bool = True) -> Dict[str, float]:
     """Mean losses over --eval-iters global batches (last pipeline stage; empty elsewhere)."""
     from megatron.global_vars import get_num_microbatches
 
@@ -332,7 +339,7 @@ def evaluate(ctx: _Context, data_iterator, advance_consumed: bool = True) -> Dic
                 forward_step_func=ctx.forward_step_func, data_iterator=data_iterator,
                 model=ctx.model if len(ctx.model) > 1 else ctx.model[0],
                 num_microbatches=get_num_microbatches(),
-                seq_length=args.seq_length or args.encoder_seq_length, micro_batch_size=args.micro_batch_size,
+                seq_length=args.seq_length or args.encoder_seq_length, micro_batch_size=ctx.micro_batch_rows,
                 decoder_seq_length=getattr(args, "decoder_seq_length", None), config=ctx.config,
                 forward_only=True, pg=ctx.pg)
             for key, value in _reduce_losses(losses, ctx.pg).items():
@@ -344,7 +351,7 @@ def evaluate(ctx: _Context, data_iterator, advance_consumed: bool = True) -> Dic
     return {key: value / args.eval_iters for key, value in totals.items()}
 
 
-def evaluate_and_print_results(ctx: _Context, label: str, data_iterator, iteration: int,
+def evaluate_and_print_results(ctx: TrainingContext, label: str, data_iterator, iteration: int,
                                advance_consumed: bool = True, split: str = "validation") -> Dict[str, float]:
     loss_dict = evaluate(ctx, data_iterator, advance_consumed)
     if _is_last_rank():

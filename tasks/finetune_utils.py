@@ -30,7 +30,14 @@ class Classification(LanguageModule):
     """BERT's encoder and pooler with a ``[h, num_classes]`` head on the pooled [CLS] state.
 
     Multiple choice (RACE) uses ``num_classes=1`` with inputs ``[b, choices, s]``: every choice
-    is scored on its own and the scores of a question form its ``[b, choices]`` logits."""
+    is scored on its own and the scores of a question form its ``[b, choices]`` logits.
+
+    The head sits on the last pipeline stage. Unlike pretraining's LM head it is not tied to the
+    word embedding, so no stage holds a copy of the embedding table and no stage takes part in
+    the embedding group's gradient all-reduce (``word_embeddings_weight`` is None under pipelining,
+    on the first stage as on the last, so both skip it alike)."""
+
+    head_name = "classification"  # the checkpoint names the head ``<head_name>_head``, as Megatron-LM
 
     def __init__(self, config, vocab_size: int, max_sequence_length: int, num_classes: int,
                  pre_process: bool = True, post_process: bool = True):
@@ -39,9 +46,17 @@ class Classification(LanguageModule):
             config, vocab_size, max_sequence_length, AttnMaskType.padding, num_tokentypes=2, add_pooler=True,
             pre_process=pre_process, post_process=post_process, pg=self.pg)
         if post_process:
-            self.classification_dropout = torch.nn.Dropout(config.hidden_dropout)
-            with init_rng_scope(config.init_seed, "classification_head"):
-                self.classification_head = replicated_linear(config.hidden_size, num_classes, config)
+            setattr(self, f"{self.head_name}_dropout", torch.nn.Dropout(config.hidden_dropout))
+            with init_rng_scope(config.init_seed, f"{self.head_name}_head"):
+                setattr(self, f"{self.head_name}_head", replicated_linear(config.hidden_size, num_classes, config))
+
+    def has_output_layer(self) -> bool:
+        return False
+
+    def word_embeddings_weight(self):
+        if self.pg.pipeline_model_parallel_size > 1:
+            return None
+        return super().word_embeddings_weight()
 
     def forward(self, input_ids, attention_mask, tokentype_ids):
         if input_ids.dim() == 3:
@@ -52,25 +67,47 @@ class Classification(LanguageModule):
         output = self.language_model(input_ids, None, bert_extended_attention_mask(attention_mask),
                                      tokentype_ids=tokentype_ids)
         if not self.post_process:
-            return output
+            return output  # [s, b, h] for the next pipeline stage
         _, pooled = output
-        return self.classification_head(self.classification_dropout(pooled))  # [b, num_classes]
+        dropout = getattr(self, f"{self.head_name}_dropout")
+        return getattr(self, f"{self.head_name}_head")(dropout(pooled))  # [b, num_classes]
 
 
-def classification_provider(num_classes: int) -> Callable:
+class MultipleChoice(Classification):
+    """RACE's model: one score per choice, the head saved as ``multichoice_head`` (Megatron-LM's name)."""
+
+    head_name = "multichoice"
+
+    def __init__(self, config, vocab_size: int, max_sequence_length: int, pre_process: bool = True,
+                 post_process: bool = True):
+        super().__init__(config, vocab_size, max_sequence_length, 1, pre_process, post_process)
+
+
+def classification_provider(num_classes: int, multiple_choice: bool = False) -> Callable:
     def provider(pre_process=True, post_process=True):
         from megatron.arguments import core_transformer_config_from_args
 
         args = get_args()
-        return Classification(core_transformer_config_from_args(args), args.padded_vocab_size,
-                              args.max_position_embeddings, num_classes, pre_process, post_process)
+        config = core_transformer_config_from_args(args)
+        if multiple_choice:
+            return MultipleChoice(config, args.padded_vocab_size, args.max_position_embeddings, pre_process,
+                                  post_process)
+        return Classification(config, args.padded_vocab_size, args.max_position_embeddings, num_classes,
+                              pre_process, post_process)
     return provider
+
+
+def _rows_per_sample(samples: List[Sample]) -> int:
+    """Sequences a sample runs through the encoder: its number of choices, or 1 for a pair."""
+    text = samples[0]["text"]
+    return int(text.shape[0]) if text.ndim == 2 else 1
 
 
 def _stack(samples: List[Sample], size: int) -> Dict[str, torch.Tensor]:
     """A micro-batch of ``size`` rows; missing rows repeat the first with weight 0."""
     rows = samples + [samples[0]] * (size - len(samples))
-    batch = {key: torch.from_numpy(np.stack([s[key] for s in rows])) for key in ("text", "types", "padding_mask", "label")}
+    batch = {key: torch.from_numpy(np.stack([s[key] for s in rows]))
+             for key in ("text", "types", "padding_mask", "label")}
     batch["weight"] = torch.tensor([1.0] * len(samples) + [0.0] * (size - len(samples)))
     return batch
 
@@ -89,32 +126,36 @@ def _forward_step(data_iterator, model):
 
 
 def evaluate_accuracy(model, samples: List[Sample], args, pg) -> Dict[str, float]:
-    """(correct, total) over ``samples``, dealt round-robin to the data-parallel ranks."""
+    """(correct, total) over ``samples``, dealt round-robin to the data-parallel ranks; every
+    rank returns the same numbers (counted on the last pipeline stage, then broadcast)."""
     from megatron.arguments import core_transformer_config_from_args
 
     forward_backward = get_forward_backward_func(pg)
     config = core_transformer_config_from_args(args)
-    totals = torch.zeros(2, dtype=torch.float64)
+    totals = torch.zeros(2, dtype=torch.float64, device=get_device())
     if not args.keep_last:
         # Megatron's validation loader drops the last incomplete batch unless --keep-last.
         whole = len(samples) - len(samples) % (args.micro_batch_size * pg.data_parallel_size)
         samples = samples[:whole]
     mine = samples[pg.dp_rank::pg.data_parallel_size]
+    rows = args.micro_batch_size * _rows_per_sample(samples) if samples else args.micro_batch_size
     for chunk in model:
         chunk.eval()
     with torch.no_grad():
         for first in range(0, len(mine), args.micro_batch_size):
             batch = _stack(mine[first:first + args.micro_batch_size], args.micro_batch_size)
             for item in forward_backward(forward_step_func=_forward_step, data_iterator=iter([batch]), model=model[0],
-                                         num_microbatches=1, seq_length=args.seq_length,
-                                         micro_batch_size=args.micro_batch_size, config=config, forward_only=True,
-                                         pg=pg):
-                totals += torch.tensor([float(item["correct"]), float(item["count"])], dtype=torch.float64)
+                                         num_microbatches=1, seq_length=args.seq_length, micro_batch_size=rows,
+                                         config=config, forward_only=True, pg=pg):
+                totals += torch.stack([item["correct"], item["count"]]).to(totals)
     for chunk in model:
         chunk.train()
     if pg.data_parallel_size > 1:
         dist.all_reduce(totals, group=pg.dp)
-    correct, total = totals.tolist()
+    if pg.pipeline_model_parallel_size > 1:
+        # Every stage needs the numbers: keeping the best checkpoint is a collective decision.
+        dist.broadcast(totals, src=pg.pipeline_last_rank, group=pg.pp)
+    correct, total = totals.cpu().tolist()
     return {"correct": int(round(correct)), "total": int(round(total)), "accuracy": correct / max(total, 1.0)}
 
 
@@ -150,19 +191,22 @@ def _load_pretrained(model, optimizer, args) -> None:
         optimizer.reload_model_params()
 
 
-def finetune(task: str, train_samples: List[Sample], valid_sets: Dict[str, List[Sample]], num_classes: int):
-    """Train ``--epochs`` epochs (0: evaluate only) and report accuracy per validation file after each."""
+def finetune(task: str, train_samples: List[Sample], valid_sets: Dict[str, List[Sample]], num_classes: int,
+             multiple_choice: bool = False):
+    """Train ``--epochs`` epochs (0: evaluate only) and report accuracy per validation file after each.
+
+    Works with tensor, pipeline and data parallelism: every rank builds the same batches (each
+    pipeline stage reads the padding mask; the first the tokens, the last the labels)."""
     from megatron.checkpointing import load_checkpoint, save_checkpoint
     from megatron.global_vars import get_timers
     from megatron.model_setup import get_model, setup_model_and_optimizer
-    from megatron.training import _Context, train_step
+    from megatron.training import TrainingContext, train_step
+    from megatron.training_log import print_on_rank_0
 
     args = get_args()
     pg = parallel_state.get_process_groups()
-    if pg.pipeline_model_parallel_size > 1:
-        raise ValueError(f"--task {task} fine-tunes without pipeline parallelism "
-                         f"(--pipeline-model-parallel-size {pg.pipeline_model_parallel_size})")
-    provider = classification_provider(num_classes)
+    provider = classification_provider(num_classes, multiple_choice)
+    last_stage = pg.is_pipeline_last_stage()
 
     def report(epoch: int, model) -> float:
         accuracies = []
@@ -189,8 +233,9 @@ def finetune(task: str, train_samples: List[Sample], valid_sets: Dict[str, List[
         _load_pretrained(model, optimizer, args)
     from megatron.arguments import core_transformer_config_from_args
 
-    ctx = _Context(args, core_transformer_config_from_args(args), pg, model, optimizer, scheduler, _forward_step,
-                   get_timers(), None)
+    rows = args.micro_batch_size * _rows_per_sample(train_samples)
+    ctx = TrainingContext(args, core_transformer_config_from_args(args), pg, model, optimizer, scheduler,
+                          _forward_step, get_timers(), None, micro_batch_rows=rows)
     per_rank = args.global_batch_size // pg.data_parallel_size
     best, iteration = -math.inf, args.iteration
     start_epoch = iteration // iters_per_epoch
@@ -205,8 +250,10 @@ def finetune(task: str, train_samples: List[Sample], valid_sets: Dict[str, List[
             iteration += 1
             args.consumed_train_samples += args.global_batch_size
             if iteration % args.log_interval == 0:
-                print_rank_0(f" iteration {iteration:8d}/{args.train_iters:8d} | epoch {epoch + 1} | "
-                             f"classification loss: {losses.get('classification loss', float('nan')):.6E} |")
+                # The loss is known on the last pipeline stage; rank 0 prints it.
+                print_on_rank_0(f" iteration {iteration:8d}/{args.train_iters:8d} | epoch {epoch + 1} | "
+                                f"classification loss: {losses['classification loss']:.6E} |"
+                                if last_stage else None)
         accuracy = report(epoch + 1, model)
         if args.save and accuracy > best:
             # Only an improvement is written, so the tracker always names the best epoch so far.

@@ -51,10 +51,12 @@ def retrieval_scores(query: torch.Tensor, context: torch.Tensor,
 
 def in_batch_topk_accuracies(scores: torch.Tensor, topk: Sequence[int]) -> Dict[str, torch.Tensor]:
     """``top{k}_acc``: percent of queries whose own context (the diagonal) ranks within the top k
-    of its row. The rank counts contexts scored strictly higher, so ties go to the positive
-    (Megatron's sort breaks them arbitrarily). A k above the batch size counts every query: 100%."""
+    of its row. The rank counts the other contexts scored at least as high, so a tie counts
+    against the positive (Megatron's sort breaks ties arbitrarily): a collapsed model that scores
+    every context alike reports no hits rather than all. A k above the batch size counts every
+    query: 100%."""
     positive = scores.diagonal().unsqueeze(1)  # [B, 1]
-    rank = (scores > positive).sum(dim=1)  # [B]: 0 = the best-scored context
+    rank = (scores >= positive).sum(dim=1) - 1  # [B]: 0 = strictly the best-scored context
     return {f"top{k}_acc": (rank < k).float().mean() * 100.0 for k in topk}
 
 

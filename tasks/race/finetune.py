@@ -38,4 +38,4 @@ def main():
     print_rank_0(f"> RACE: {len(train)} training questions, validation sets "
                  + ", ".join(f"{name} ({len(samples)})" for name, samples in valid.items()))
     # One score per choice; the four scores are the question's logits.
-    finetune("RACE", train, valid, num_classes=1)
+    finetune("RACE", train, valid, num_classes=1, multiple_choice=True)

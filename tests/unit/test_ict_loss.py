@@ -28,10 +28,10 @@ def test_query_equal_to_context_retrieves_itself():
 def test_accuracies_on_a_hand_made_score_matrix():
     scores = torch.tensor([[5.0, 1.0, 0.0, 0.0],    # positive first: rank 0
                            [3.0, 2.0, 1.0, 0.0],    # one context above: rank 1
-                           [3.0, 3.0, 3.0, 0.0],    # tied with two others: rank 0 (ties go to the positive)
+                           [3.0, 3.0, 3.0, 0.0],    # tied with two others: rank 2 (ties count against the positive)
                            [4.0, 3.0, 2.0, 1.0]])   # last: rank 3
     accuracies = in_batch_topk_accuracies(scores, (1, 2, 3, 4))
-    assert {k: v.item() for k, v in accuracies.items()} == {"top1_acc": 50.0, "top2_acc": 75.0,
+    assert {k: v.item() for k, v in accuracies.items()} == {"top1_acc": 25.0, "top2_acc": 50.0,
                                                             "top3_acc": 75.0, "top4_acc": 100.0}
 
 

@@ -86,3 +86,22 @@ def test_build_pair_sample_layout():
     assert long["padding_mask"].sum() == 9 and long["text"][-1] == 2
     with pytest.raises(ValueError, match="--seq-length 3"):
         build_pair_sample([1], [2], max_seq_length=3, cls_id=1, sep_id=2, pad_id=0)
+
+
+def test_classification_model_saves_megatron_head_name_and_has_no_tied_output():
+    import torch
+
+    from megatron.checkpoint_state import nest_state_dict
+    from megatron.core.transformer import TransformerConfig
+    from tasks.finetune_utils import Classification
+
+    config = TransformerConfig(num_layers=1, hidden_size=16, num_attention_heads=2, hidden_dropout=0.0,
+                               attention_dropout=0.0)
+    model = Classification(config, vocab_size=64, max_sequence_length=8, num_classes=3)
+    nested = nest_state_dict(model.state_dict())
+    assert set(nested) == {"language_model", "classification_head"}
+    assert nested["classification_head"]["weight"].shape == (3, 16)
+    # The head is not tied to the word embedding: no pipeline stage takes part in the embedding group.
+    assert not model.has_output_layer()
+    ids = torch.randint(3, 64, (2, 8))
+    assert model(ids, torch.ones_like(ids), torch.zeros_like(ids)).shape == (2, 3)

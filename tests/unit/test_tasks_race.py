@@ -66,3 +66,24 @@ def test_empty_or_missing_race_inputs(tmp_path):
     os.mkdir(tmp_path / "dir")
     with pytest.raises(TaskDataError, match="dir: no \\*.txt files"):
         race_files(str(tmp_path / "dir"))
+
+
+def test_multiple_choice_model_scores_each_choice_and_saves_megatron_head_name():
+    import torch
+
+    from megatron.checkpoint_state import nest_state_dict
+    from megatron.core.transformer import TransformerConfig
+    from tasks.finetune_utils import MultipleChoice
+
+    config = TransformerConfig(num_layers=1, hidden_size=16, num_attention_heads=2, hidden_dropout=0.0,
+                               attention_dropout=0.0)
+    model = MultipleChoice(config, vocab_size=64, max_sequence_length=8)
+    nested = nest_state_dict(model.state_dict())
+    assert set(nested) == {"language_model", "multichoice_head"}
+    assert set(nested["multichoice_head"]) == {"weight", "bias"}
+    ids = torch.randint(3, 64, (2, 4, 8))
+    scores = model(ids, torch.ones_like(ids), torch.zeros_like(ids))
+    assert scores.shape == (2, 4)
+    # Each choice is scored on its own: the same sequence gets the same score wherever it sits.
+    swapped = model(ids.flip(1), torch.ones_like(ids), torch.zeros_like(ids))
+    assert torch.allclose(swapped, scores.flip(1), atol=1e-6)
