@@ -6,10 +6,11 @@ data-parallel rank runs this iteration, and what the global batch is. With
 in equal sample intervals until SAMPLES samples are consumed, then stays at
 ``--global-batch-size``.
 """
+import abc
 from typing import Optional, Sequence
 
 
-class NumMicroBatchesCalculator:
+class NumMicroBatchesCalculator(abc.ABC):
     """Base: ``get()`` micro-batches per rank, ``get_current_global_batch_size()``."""
 
     def __init__(self, micro_batch_size: int, data_parallel_size: int):
@@ -29,8 +30,9 @@ class NumMicroBatchesCalculator:
     def get_current_global_batch_size(self) -> int:
         return self.current_global_batch_size
 
+    @abc.abstractmethod
     def update(self, consumed_samples: int, consistency_check: bool) -> None:
-        raise NotImplementedError
+        """Set the micro-batch count for ``consumed_samples`` (constant, or ramping up)."""
 
     def _split(self, global_batch_size: int, consistency_check: bool) -> int:
         unit = self.micro_batch_times_data_parallel_size

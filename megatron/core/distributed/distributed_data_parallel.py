@@ -15,6 +15,7 @@ import torch.distributed as dist
 
 from megatron.core.distributed.config import DistributedDataParallelConfig
 from megatron.core.distributed.grad_buffer import GradBuffer, all_gather_bucket_params
+from megatron.core.distributed.module_wrapper import ModuleWrapper
 from megatron.core.parallel_state import ProcessGroups, get_process_groups
 from megatron.core.pipeline_parallel.finalize import unwrap_model
 from megatron.core.tensor_parallel.mappings import broadcast_tensors, group_rank
@@ -32,7 +33,7 @@ def _shared_embedding_params(module: torch.nn.Module, pg: ProcessGroups) -> set:
     return shared
 
 
-class DistributedDataParallel(torch.nn.Module):
+class DistributedDataParallel(ModuleWrapper):
     """Wraps one model chunk; gradients live in ``param.main_grad`` and are reduced over ``pg.dp``."""
 
     def __init__(self, config: DistributedDataParallelConfig, module: torch.nn.Module,
@@ -115,24 +116,3 @@ class DistributedDataParallel(torch.nn.Module):
         for buffer in self.buffers:
             for bucket in buffer.buckets:
                 all_gather_bucket_params(bucket, buffer.param_ranges)
-
-    # -- delegation ------------------------------------------------------------------------
-    def forward(self, *args, **kwargs):
-        return self.module(*args, **kwargs)
-
-    def set_input_tensor(self, input_tensor) -> None:
-        self.module.set_input_tensor(input_tensor)
-
-    def state_dict(self, *args, **kwargs):
-        return self.module.state_dict(*args, **kwargs)
-
-    def load_state_dict(self, state_dict, strict: bool = True):
-        return self.module.load_state_dict(state_dict, strict=strict)
-
-    def __getattr__(self, name):
-        if name == "module":
-            return super().__getattr__(name)
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            return getattr(self.module, name)

@@ -8,6 +8,7 @@ from typing import Union
 
 import torch
 
+from megatron.core.distributed.module_wrapper import ModuleWrapper
 from megatron.core.pipeline_parallel.finalize import unwrap_model
 
 _HALF_DTYPES = (torch.float16, torch.bfloat16)
@@ -40,7 +41,7 @@ def _half_dtype(config_or_dtype) -> torch.dtype:
     return dtype
 
 
-class Float16Module(torch.nn.Module):
+class Float16Module(ModuleWrapper):
     def __init__(self, config_or_dtype: Union[torch.dtype, object], module: torch.nn.Module):
         super().__init__()
         self.dtype = _half_dtype(config_or_dtype)
@@ -57,20 +58,3 @@ class Float16Module(torch.nn.Module):
         if self._stage("post_process"):
             output = _convert(output, torch.float32, only_from=_HALF_DTYPES)
         return output
-
-    def set_input_tensor(self, input_tensor) -> None:
-        self.module.set_input_tensor(input_tensor)
-
-    def state_dict(self, *args, **kwargs):
-        return self.module.state_dict(*args, **kwargs)
-
-    def load_state_dict(self, state_dict, strict: bool = True):
-        return self.module.load_state_dict(state_dict, strict=strict)
-
-    def __getattr__(self, name):
-        if name == "module":
-            return super().__getattr__(name)
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            return getattr(self.module, name)

@@ -10,6 +10,7 @@ step, and copy the updated main parameters back into the model.
   parameters (fp32 parameters, if any, are updated in place); fp16 uses a loss scaler.
 * ``DistributedOptimizer`` (``distrib_optimizer.py``): the same, sharded over data-parallel ranks.
 """
+import abc
 from typing import Dict, List, Optional, Set, Tuple
 
 import torch
@@ -32,7 +33,7 @@ def copy_tp_attributes(source: torch.Tensor, target: torch.Tensor) -> None:
             setattr(target, name, getattr(source, name))
 
 
-class MegatronOptimizer:
+class MegatronOptimizer(abc.ABC):
     """Common step logic; subclasses say where the main parameters and their gradients are."""
 
     def __init__(self, optimizer: torch.optim.Optimizer, config, model_chunks: List[torch.nn.Module],
@@ -48,25 +49,29 @@ class MegatronOptimizer:
         self.stats_groups = [pg.mp]
 
     # -- subclass hooks ----------------------------------------------------------------------
+    @abc.abstractmethod
     def main_params(self) -> List[Tuple[torch.Tensor, torch.nn.Parameter]]:
         """(tensor the inner optimizer updates, the model parameter it belongs to)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _prepare_grads(self) -> None:
-        raise NotImplementedError
+        """Bring the model gradients to the main parameters' ``.grad`` (fp32)."""
 
+    @abc.abstractmethod
     def _copy_main_params_to_model_params(self) -> None:
-        raise NotImplementedError
+        """Write the updated main parameters back into the model parameters."""
 
+    @abc.abstractmethod
     def reload_model_params(self) -> None:
         """Copy the model parameters into the fp32 main parameters (after loading a checkpoint)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def state_dict(self) -> Dict:
-        raise NotImplementedError
+        """The inner optimizer's state plus what this wrapper must restore (scaler, fp32 copies)."""
 
+    @abc.abstractmethod
     def load_state_dict(self, state_dict: Dict) -> None:
-        raise NotImplementedError
+        """Restore what ``state_dict`` returned."""
 
     # -- public interface --------------------------------------------------------------------
     @property
