@@ -94,7 +94,8 @@ def initialize_distributed(args) -> parallel_state.ProcessGroups:
         return parallel_state.get_process_groups()
     pg = parallel_state.initialize_model_parallel(
         args.tensor_model_parallel_size, args.pipeline_model_parallel_size,
-        args.virtual_pipeline_model_parallel_size, args.pipeline_model_parallel_split_rank)
+        args.virtual_pipeline_model_parallel_size, args.pipeline_model_parallel_split_rank,
+        timeout=datetime.timedelta(minutes=float(args.distributed_timeout_minutes)))
     if args.rank == 0:
         print(f"> initialized tensor model parallel with size {pg.tensor_model_parallel_size}", flush=True)
         print(f"> initialized pipeline model parallel with size {pg.pipeline_model_parallel_size}", flush=True)

@@ -14,6 +14,7 @@ data-parallel, then pipeline. With 8 ranks, TP=2 and PP=2 (so DP=2):
 
 so rank-numbered files (``mp_rank_{tp:02d}_{pp:03d}``) and checkpoints line up with Megatron's.
 """
+import datetime
 from dataclasses import dataclass, field
 from typing import List, Optional
 
@@ -201,10 +202,13 @@ def validate_layout(world_size: int, tensor_model_parallel_size: int, pipeline_m
 
 def initialize_model_parallel(tensor_model_parallel_size: int = 1, pipeline_model_parallel_size: int = 1,
                               virtual_pipeline_model_parallel_size: Optional[int] = None,
-                              pipeline_model_parallel_split_rank: Optional[int] = None) -> ProcessGroups:
+                              pipeline_model_parallel_split_rank: Optional[int] = None,
+                              timeout: Optional[datetime.timedelta] = None) -> ProcessGroups:
     """Build every process group for this layout; torch.distributed must already be initialised.
 
     Every rank must call this with the same arguments, because creating a group is collective.
+    ``timeout`` bounds every collective on these groups; pass the job's (``--distributed-timeout-minutes``),
+    since a group created without one gets torch's default (30 minutes), not the world group's.
     """
     global _PROCESS_GROUPS
     if not dist.is_initialized():
@@ -217,7 +221,7 @@ def initialize_model_parallel(tensor_model_parallel_size: int = 1, pipeline_mode
     tensor, data, pipeline, model = _rank_layout(world_size, tensor_model_parallel_size, pipeline_model_parallel_size)
 
     def new_group(ranks):
-        group = dist.new_group(ranks)
+        group = dist.new_group(ranks, timeout=timeout)
         _CREATED_GROUPS.append(group)
         return group
 

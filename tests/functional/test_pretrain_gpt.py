@@ -204,6 +204,33 @@ def test_killed_rank_ends_the_job_with_a_clear_message(data):
     assert "[rank 0] ERROR: a collective failed during training iteration" in stderr, stderr[-3000:]
 
 
+def test_stalled_rank_ends_the_job_within_the_distributed_timeout(data):
+    """Rank 1 is frozen (SIGSTOP) mid-training, so rank 0 waits in the data-parallel gradient
+    all-reduce: a sub-group collective, which must honour --distributed-timeout-minutes (here 15 s)
+    rather than torch's 30-minute default for groups made without a timeout."""
+    from test_training_lib import _free_port
+
+    port = str(_free_port())
+    args = gpt_args(data, *COMMON, "--distributed-timeout-minutes", "0.25", train_iters=100000)
+    processes = []
+    for rank in (0, 1):
+        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", MASTER_ADDR="127.0.0.1",
+                   MASTER_PORT=port, WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank))
+        processes.append(subprocess.Popen([sys.executable, os.path.join(REPO, "pretrain_gpt.py"), *args], cwd=REPO,
+                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
+    try:
+        _wait_for_line(processes[0], " iteration        2/")
+        processes[1].send_signal(signal.SIGSTOP)
+        start = time.time()
+        _, stderr = processes[0].communicate(timeout=15 + 60)
+        assert time.time() - start < 15 + 60
+    finally:
+        for process in processes:
+            process.kill()
+    assert processes[0].returncode not in (0, None)
+    assert "[rank 0] ERROR: a collective failed during training iteration" in stderr, stderr[-3000:]
+
+
 def test_nan_loss_stops_the_run_naming_the_iteration(data):
     # A learning rate of 1e30 makes the weights, then the loss, non-finite within a few steps.
     result = run_script("pretrain_gpt.py", gpt_args(data, *COMMON, "--lr", "1e30", "--min-lr", "1e30", "--clip-grad",
