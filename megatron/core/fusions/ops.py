@@ -1,4 +1,5 @@
-"""Plain PyTorch references of Megatron's fused ops (bias-GeLU, bias-dropout-add, masked softmax)."""
+"""Plain PyTorch references of Megatron's fused ops (bias-GeLU, bias-dropout-add, masked softmax,
+layer norm): what runs on the CPU, and what the Triton kernels are tested against."""
 import math
 from typing import Optional
 
@@ -20,6 +21,33 @@ def erf_gelu(x: torch.Tensor) -> torch.Tensor:
 def bias_gelu(bias: Optional[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
     """GeLU(x + bias) with the tanh approximation, the function Megatron's fused kernel computes."""
     return gelu_tanh(x + bias if bias is not None else x)
+
+
+def bias_gelu_any(bias: Optional[torch.Tensor], x: torch.Tensor, approximate: str) -> torch.Tensor:
+    """GeLU(x + bias), tanh-approximated (``approximate="tanh"``) or exact (``"none"``)."""
+    x = x + bias if bias is not None else x
+    return gelu_tanh(x) if approximate == "tanh" else F.gelu(x)
+
+
+def layer_norm(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor],
+               eps: float) -> torch.Tensor:
+    """Layer norm over the last dimension (PyTorch accumulates the statistics in fp32 for half inputs)."""
+    return F.layer_norm(x, (x.shape[-1],), weight, bias, eps)
+
+
+def bias_swiglu(bias: Optional[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """SiLU(gate) * up of (x + bias) split in halves along the last dimension (Megatron's fused bias-SwiGLU)."""
+    if bias is not None:
+        x = x + bias
+    gate, up = torch.chunk(x, 2, dim=-1)
+    return F.silu(gate) * up
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """weight * x / sqrt(mean(x^2) + eps) over the last dimension, statistics in fp32, output in x's dtype."""
+    x32 = x.float()
+    normed = x32 * torch.rsqrt(x32.pow(2).mean(dim=-1, keepdim=True) + eps)
+    return (normed * weight.float()).to(x.dtype)
 
 
 def bias_dropout_add(x: torch.Tensor, bias: Optional[torch.Tensor], residual: torch.Tensor,
