@@ -6,7 +6,15 @@
         --output-prefix corpus_indexed --workers 2
 
 Writes ``{output_prefix}_{key}_{document|sentence}.bin/.idx`` per JSON key, documents in
-input order whatever the number of workers. Outputs appear under their final names only
+input order whatever the number of workers. ``--dataset-impl retmmap`` writes NeMo's chunked
+retrieval format instead (``megatron/core/datasets/retro_indexed_dataset.py``), with NeMo's
+flags as NeMo spells them:
+
+    python tools/preprocess_data.py --input=corpus.json --json-keys=text --tokenizer-library=megatron \
+        --apply-ftfy --dataset-impl=retmmap --merge-file=merges.txt --vocab-file=vocab.json \
+        --tokenizer-type=GPT2BPETokenizer --output-prefix=retro_db --need-pad-id --append-eod \
+        --retrieval-db --chunk_size=64 --chunk_stride_size=64 --workers=2
+ Outputs appear under their final names only
 when complete. The tool never imports torch, so it starts in a fraction of a second.
 """
 import argparse
@@ -24,7 +32,9 @@ if __package__ in (None, ""):
 import numpy as np  # noqa: E402
 
 from megatron.core.datasets import indexed_dataset  # noqa: E402
+from megatron.core.datasets.retro_indexed_dataset import RetrievalIndexedDatasetBuilder  # noqa: E402
 from megatron.preprocessing.encoder import Encoder, encode_in_worker, init_worker  # noqa: E402
+from megatron.preprocessing.nemo_flags import add_flag, add_tokenizer_library_flag, resolve_tokenizer_type  # noqa: E402
 from megatron.preprocessing.sentence_splitter import (  # noqa: E402
     PUNKT_TRAINING_CHARS, IdentitySplitter, SentenceSplitter, load_or_train_punkt)
 from megatron.tokenizer import TOKENIZER_TYPES, build_tokenizer  # noqa: E402
@@ -50,21 +60,39 @@ def get_args(argv=None):
     group.add_argument("--lang", default="english", help="language of the Punkt sentence splitter")
     group.add_argument("--skip-bad-lines", action="store_true",
                        help="skip (and count) lines that are not valid documents instead of failing")
+    group.add_argument("--apply-ftfy", "--apply_ftfy", dest="apply_ftfy", action="store_true",
+                       help="repair mojibake and broken Unicode with ftfy.fix_text before tokenizing")
 
     group = parser.add_argument_group("tokenizer")
-    group.add_argument("--tokenizer-type", required=True, choices=TOKENIZER_TYPES)
+    group.add_argument("--tokenizer-type", "--tokenizer_type", dest="tokenizer_type", default=None,
+                       choices=TOKENIZER_TYPES, help="required unless --tokenizer-library names another library")
+    add_tokenizer_library_flag(group)
     group.add_argument("--vocab-file", "--vocab", dest="vocab_file", default=None,
                        help="vocabulary file (vocab.txt for BERT, vocab.json for GPT-2)")
-    group.add_argument("--merge-file", default=None, help="BPE merges file (GPT-2)")
-    group.add_argument("--tokenizer-model", default=None,
+    group.add_argument("--merge-file", "--merge_file", dest="merge_file", default=None,
+                       help="BPE merges file (GPT-2)")
+    group.add_argument("--tokenizer-model", "--tokenizer_model", dest="tokenizer_model", default=None,
                        help="tokenizer.json (HuggingFaceTokenizer) or .model (SentencePieceTokenizer)")
     group.add_argument("--vocab-extra-ids", type=int, default=0, help="number of T5 sentinel tokens to add")
     group.add_argument("--append-eod", action="store_true", help="append an end-of-document token to each document")
+    group.add_argument("--need-pad-id", "--need_pad_id", dest="need_pad_id", action="store_true",
+                       help="add a <pad> token (id = vocabulary size) when the tokenizer has none; the "
+                            "vocabulary then counts it everywhere (dtype, padded model vocabulary)")
 
     group = parser.add_argument_group("output data")
     group.add_argument("--output-prefix", required=True, help="path prefix of the output datasets")
-    group.add_argument("--dataset-impl", default="mmap", choices=["mmap", "cached", "lazy"],
-                       help="output format: mmap (default) or the legacy non-mmap index (cached and lazy)")
+    group.add_argument("--dataset-impl", default="mmap", choices=["mmap", "cached", "lazy", "retmmap"],
+                       help="output format: mmap (default), the legacy non-mmap index (cached and lazy), or "
+                            "retmmap (NeMo's RETRO chunked format: documents padded to whole chunks)")
+
+    group = parser.add_argument_group("retmmap (NeMo RETRO) output")
+    group.add_argument("--chunk_size", "--retrieval-chunk-size", dest="retrieval_chunk_size", type=int, default=64,
+                       help="tokens per retrieval chunk (the underscore spelling: --chunk-size is the worker task size)")
+    add_flag(group, "--chunk_stride_size", type=int, default=64,
+             help="tokens between the starts of consecutive chunks; chunk_size must be a multiple of it")
+    add_flag(group, "--retrieval-db", action="store_true",
+             help="the output is a retrieval database: one more pad chunk per document so every chunk "
+                  "can be read with its continuation")
 
     group = parser.add_argument_group("runtime")
     group.add_argument("--workers", type=int, default=1, help="tokenizer processes")
@@ -76,6 +104,10 @@ def get_args(argv=None):
     group.add_argument("--log-interval", type=int, default=1000, help="report progress every N documents")
     args = parser.parse_args(argv)
 
+    error = resolve_tokenizer_type(args)
+    if error:
+        parser.error(error)
+    _check_retmmap_args(parser, args)
     for flag in ("workers", "partitions", "chunk_size", "log_interval"):
         if getattr(args, flag) < 1:
             parser.error(f"--{flag.replace('_', '-')} {getattr(args, flag)} must be at least 1")
@@ -93,6 +125,34 @@ def get_args(argv=None):
     args.make_vocab_size_divisible_by = 128
     args.tensor_model_parallel_size = 1
     return args
+
+
+def _check_retmmap_args(parser, args):
+    if args.dataset_impl != "retmmap":
+        given = [flag for flag, on in (("--retrieval-db", args.retrieval_db),
+                                       ("--chunk_size", args.retrieval_chunk_size != 64),
+                                       ("--chunk_stride_size", args.chunk_stride_size != 64)) if on]
+        if given:
+            parser.error(f"{', '.join(given)} only apply with --dataset-impl retmmap")
+        return
+    if args.split_sentences:
+        parser.error("--split-sentences does not apply with --dataset-impl retmmap (one sequence per document)")
+    if args.partitions != 1:
+        parser.error("--partitions does not apply with --dataset-impl retmmap (use --workers)")
+    if args.retrieval_chunk_size < 1:
+        parser.error(f"--chunk_size {args.retrieval_chunk_size} must be at least 1")
+    if args.chunk_stride_size < 1 or args.retrieval_chunk_size % args.chunk_stride_size:
+        parser.error(f"--chunk_size {args.retrieval_chunk_size} must be a multiple of "
+                     f"--chunk_stride_size {args.chunk_stride_size}")
+
+
+def make_output_builder(args, bin_path, tokenizer):
+    """The builder of ``--dataset-impl`` for one output ``.bin``."""
+    if args.dataset_impl != "retmmap":
+        return indexed_dataset.make_builder(bin_path, args.dataset_impl, tokenizer.vocab_size)
+    return RetrievalIndexedDatasetBuilder(
+        bin_path, indexed_dataset.best_fitting_dtype(tokenizer.vocab_size), pad_id=tokenizer.pad,
+        chunk_size=args.retrieval_chunk_size, stride=args.chunk_stride_size, retrieval_db=args.retrieval_db)
 
 
 def find_input_files(spec):
@@ -205,8 +265,7 @@ def _format_bad(bad):
 def encode_partition(args, files, encoder, workers, partition=None, line_range=(0, None)):
     """Encode one contiguous range of input lines into its own datasets; returns stats."""
     prefixes = {key: output_prefix(args, key, partition) for key in args.json_keys}
-    builders = {key: indexed_dataset.make_builder(indexed_dataset.get_bin_path(p), args.dataset_impl,
-                                                  encoder.tokenizer.vocab_size)
+    builders = {key: make_output_builder(args, indexed_dataset.get_bin_path(p), encoder.tokenizer)
                 for key, p in prefixes.items()}
     stats = {"documents": 0, "sentences": 0, "tokens": 0, "bytes": 0, "bad_lines": 0,
              "bad_examples": [], "empty": {key: 0 for key in args.json_keys},
@@ -252,6 +311,10 @@ def encode_partition(args, files, encoder, workers, partition=None, line_range=(
 
 def _write(builder, encoded):
     tokens, lengths = encoded.tokens, encoded.sequence_lengths
+    if isinstance(builder, RetrievalIndexedDatasetBuilder):
+        # One sequence per document (no sentence splitting): the chunk's documents in one write.
+        builder.add_documents(tokens, lengths)
+        return
     token_start = sequence_start = 0
     sequence_ends = np.cumsum(lengths, dtype=np.int64)
     for count in encoded.document_lengths.tolist():
@@ -348,6 +411,12 @@ def run(args):
     if not os.path.isdir(out_dir):
         raise PreprocessError(f"--output-prefix {args.output_prefix}: directory {out_dir} does not exist")
     tokenizer = build_tokenizer(args)
+    if args.dataset_impl == "retmmap":
+        try:
+            tokenizer.pad
+        except (AttributeError, NotImplementedError, KeyError):
+            raise PreprocessError(f"--dataset-impl retmmap pads documents to whole chunks, but {tokenizer.name} "
+                                  f"has no pad token: add --need-pad-id") from None
     if args.append_eod:
         try:
             tokenizer.eod
@@ -355,7 +424,7 @@ def run(args):
             raise PreprocessError(f"--append-eod: {e}") from None
     dtype = indexed_dataset.best_fitting_dtype(tokenizer.vocab_size)
     splitter = build_splitter(args, files)
-    encoder = Encoder(args.json_keys, tokenizer, splitter, args.append_eod, dtype)
+    encoder = Encoder(args.json_keys, tokenizer, splitter, args.append_eod, dtype, apply_ftfy=args.apply_ftfy)
     if args.partitions == 1:
         stats = encode_partition(args, files, encoder, args.workers)
     else:
@@ -368,6 +437,12 @@ def run(args):
     for key in args.json_keys:
         note = f", {stats['empty'][key]} empty documents skipped" if stats["empty"][key] else ""
         print(f"  {output_prefix(args, key)}: {stats['written'][key]} documents{note}")
+        if args.dataset_impl == "retmmap":
+            from megatron.core.datasets.retro_indexed_dataset import RetrievalIndexedDataset
+
+            ds = RetrievalIndexedDataset(output_prefix(args, key))
+            print(f"    retmmap: {ds.chunks} chunks of {ds.chunk_size} tokens (stride {ds.stride}), "
+                  f"pad id {tokenizer.pad}, retrieval DB: {ds.retrieval_db}")
     if len(set(stats["written"].values())) > 1:
         print("Warning: the outputs of the JSON keys hold different numbers of documents (empty documents "
               "were skipped per key), so they are not aligned document by document.", file=sys.stderr)

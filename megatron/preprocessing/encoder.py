@@ -41,13 +41,16 @@ def _type_name(value):
 class Encoder:
     """Turns chunks of JSON lines into token arrays (one instance per worker process)."""
 
-    def __init__(self, json_keys, tokenizer, splitter, append_eod, dtype):
+    def __init__(self, json_keys, tokenizer, splitter, append_eod, dtype, apply_ftfy=False):
         self.json_keys = list(json_keys)
         self.tokenizer = tokenizer
         self.splitter = splitter
         self.append_eod = append_eod
         self.eod = tokenizer.eod if append_eod else None
         self.dtype = np.dtype(dtype)
+        self.apply_ftfy = apply_ftfy
+        if apply_ftfy:
+            import ftfy  # noqa: F401 (fail at start-up, in the main process, when it is missing)
 
     def _parse(self, path, lineno, line, bad_lines):
         try:
@@ -89,6 +92,10 @@ class Encoder:
         return result
 
     def _encode_key(self, texts, result):
+        if self.apply_ftfy:
+            import ftfy
+
+            texts = [ftfy.fix_text(text) for text in texts]
         sentences_per_doc = [self.splitter.split(text) for text in texts]
         flat = [s for sentences in sentences_per_doc for s in sentences]
         ids = self.tokenizer.tokenize_batch(flat) if flat else []

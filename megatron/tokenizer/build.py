@@ -87,6 +87,12 @@ def build_tokenizer(args):
 
         tokenizer = HuggingFaceTokenizer(_require_file(args, "tokenizer_model", tokenizer_type))
 
+    if getattr(args, "need_pad_id", False):
+        # NeMo's --need-pad-id: a <pad> token appended after the last id when the tokenizer has
+        # none, counted in vocab_size so the padded vocabulary below has a row for it.
+        from .added_pad import with_pad_token
+
+        tokenizer = with_pad_token(tokenizer)
     padded = vocab_size_with_padding(tokenizer.vocab_size, args)
     if rank == 0:
         print(f" > padded vocab (size: {tokenizer.vocab_size}) with {padded - tokenizer.vocab_size} dummy tokens "
