@@ -60,7 +60,7 @@ def train_valid_test_datasets_provider(train_val_test_num_samples):
     args = get_args()
     print_rank_0("> building train, validation, and test datasets for BERT ...")
     config = DatasetConfig(dataset_type="bert", seq_length=args.seq_length, seed=args.seed, split=args.split,
-                           cache_dir=args.data_cache_path,
+                           cache_dir=args.data_cache_path, vocab_size=args.padded_vocab_size,
                            masked_lm_prob=args.mask_prob, short_seq_prob=args.short_seq_prob,
                            binary_head=_binary_head(args))
     return build_train_valid_test_datasets(

@@ -54,7 +54,7 @@ def train_valid_test_datasets_provider(train_val_test_num_samples):
     args = get_args()
     print_rank_0("> building train, validation, and test datasets for GPT ...")
     config = DatasetConfig(dataset_type="gpt", seq_length=args.seq_length, seed=args.seed, split=args.split,
-                           cache_dir=args.data_cache_path)
+                           cache_dir=args.data_cache_path, vocab_size=args.padded_vocab_size)
     return build_train_valid_test_datasets(
         config, train_val_test_num_samples, tokenizer=None, data_path=args.data_path,
         train_data_path=getattr(args, "train_data_path", None), valid_data_path=getattr(args, "valid_data_path", None),

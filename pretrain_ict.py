@@ -95,7 +95,7 @@ def train_valid_test_datasets_provider(train_val_test_num_samples):
         raise ICTSetupError("--titles-data-path is required: the titles dataset (one title per document of "
                             "--data-path, preprocessed with --json-keys title)")
     config = DatasetConfig(dataset_type="ict", seq_length=args.seq_length, seed=args.seed, split=args.split,
-                           cache_dir=args.data_cache_path, query_in_block_prob=args.query_in_block_prob,
+                           cache_dir=args.data_cache_path, vocab_size=args.padded_vocab_size, query_in_block_prob=args.query_in_block_prob,
                            use_one_sent_docs=args.use_one_sent_docs, titles_data_path=args.titles_data_path)
     return build_train_valid_test_datasets(
         config, train_val_test_num_samples, tokenizer=get_tokenizer(), data_path=args.data_path,

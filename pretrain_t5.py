@@ -45,7 +45,7 @@ def train_valid_test_datasets_provider(train_val_test_num_samples):
     args = get_args()
     print_rank_0("> building train, validation, and test datasets for T5 ...")
     config = DatasetConfig(dataset_type="t5", seq_length=args.encoder_seq_length, seed=args.seed, split=args.split,
-                           cache_dir=args.data_cache_path,
+                           cache_dir=args.data_cache_path, vocab_size=args.padded_vocab_size,
                            masked_lm_prob=args.mask_prob, short_seq_prob=args.short_seq_prob,
                            decoder_seq_length=args.decoder_seq_length)
     return build_train_valid_test_datasets(

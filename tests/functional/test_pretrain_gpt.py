@@ -231,6 +231,18 @@ def test_stalled_rank_ends_the_job_within_the_distributed_timeout(data):
     assert "[rank 0] ERROR: a collective failed during training iteration" in stderr, stderr[-3000:]
 
 
+def test_data_from_another_vocabulary_is_refused_at_tp2(data):
+    """BERT WordPiece data (ids up to ~30k) given to the 4096-id GPT model: at TP=2 the vocab-parallel
+    embedding would zero the out-of-range ids and train on; the dataset build must refuse it."""
+    args = gpt_args(data, *COMMON, "--tensor-model-parallel-size", "2")
+    args[args.index("--data-path") + 1] = f"{data}/bert_text_sentence"
+    result = run_script("pretrain_gpt.py", args, nproc=2, check=False)
+    assert result.returncode != 0
+    assert "bert_text_sentence.bin: token id" in result.stderr
+    assert "is outside the model's vocabulary of 4096" in result.stderr
+    assert " iteration " not in result.stdout
+
+
 def test_nan_loss_stops_the_run_naming_the_iteration(data):
     # A learning rate of 1e30 makes the weights, then the loss, non-finite within a few steps.
     result = run_script("pretrain_gpt.py", gpt_args(data, *COMMON, "--lr", "1e30", "--min-lr", "1e30", "--clip-grad",

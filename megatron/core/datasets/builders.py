@@ -8,6 +8,7 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 
 from megatron.core.datasets.blended_dataset import BlendedDataset
+from megatron.core.datasets.token_range import check_token_ids
 from megatron.core.datasets.splits import (
     DEFAULT_SPLIT,
     SPLIT_NAMES,
@@ -48,6 +49,8 @@ class DatasetConfig:
     """--titles-data-path (ICT): one title per document of the body dataset."""
     cache_dir: Optional[str] = None
     """Where index caches go; next to the data when None."""
+    vocab_size: Optional[int] = None
+    """The model's padded vocabulary size: every token id of the data must be below it (checked)."""
 
     def __post_init__(self):
         if self.dataset_type not in DATASET_TYPES:
@@ -63,12 +66,16 @@ class DatasetConfig:
             raise ValueError("ICT needs --titles-data-path")
 
 
-def open_indexed_dataset(prefix: str):
+def open_indexed_dataset(prefix: str, config: Optional[DatasetConfig] = None):
+    """The indexed dataset at ``prefix``; with ``config.vocab_size``, its token ids checked to fit."""
     from megatron.core.datasets.indexed_dataset import IndexedDataset
 
     if not IndexedDataset.exists(prefix):
         raise FileNotFoundError(f"--data-path {prefix}: no {prefix}.bin / {prefix}.idx found")
-    return IndexedDataset(prefix)
+    indexed = IndexedDataset(prefix)
+    if config is not None and config.vocab_size is not None:
+        check_token_ids(prefix, indexed.dtype, config.vocab_size, config.cache_dir)
+    return indexed
 
 
 def _build_one(config: DatasetConfig, prefix: str, indexed, name: str, bounds: Tuple[int, int],
@@ -97,7 +104,7 @@ def _build_one(config: DatasetConfig, prefix: str, indexed, name: str, bounds: T
                          config.seed, tokenizer, document_range=bounds, **common)
     from megatron.core.datasets.ict_dataset import ICTDataset
 
-    titles = open_indexed_dataset(config.titles_data_path)
+    titles = open_indexed_dataset(config.titles_data_path, config)
     return ICTDataset(name, indexed, titles, prefix, None, num_samples, config.seq_length,
                       config.query_in_block_prob, config.seed, tokenizer,
                       use_one_sent_docs=config.use_one_sent_docs, document_range=bounds, **common)
@@ -111,7 +118,7 @@ def _num_units(config: DatasetConfig, indexed) -> int:
 
 
 def _split_datasets(config, prefix, split, nums, names, tokenizer, barrier_groups):
-    indexed = open_indexed_dataset(prefix)
+    indexed = open_indexed_dataset(prefix, config)
     bounds = split_boundaries(split, _num_units(config, indexed))
     # Checked for every split before any index is built, so a bad --split fails fast.
     for i in range(3):
