@@ -1,0 +1,1 @@
+"""MLPerf BERT data: pretraining examples as the reference script makes them, eval picks, TFRecords."""
