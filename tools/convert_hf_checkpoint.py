@@ -6,8 +6,12 @@
     python tools/convert_hf_checkpoint.py --direction from-hf --model-type GPT --load HF_DIR --save CKPT \\
         --target-tensor-parallel-size 2 --target-pipeline-parallel-size 1
 
-GPT maps to ``GPT2LMHeadModel``, BERT to ``MegatronBertForPreTraining`` (see
-``megatron/checkpoint_tools/hf.py``). The exported vocabulary is the padded one of the checkpoint.
+    # a Llama-style GPT (rope, SwiGLU, RMSNorm, grouped-query attention) <-> LlamaForCausalLM
+    python tools/convert_hf_checkpoint.py --direction from-hf --model-type llama --load HF_DIR --save CKPT
+
+GPT maps to ``GPT2LMHeadModel``, llama (our GPT with the Llama options) to ``LlamaForCausalLM``, BERT
+to ``MegatronBertForPreTraining`` (see ``megatron/checkpoint_tools/hf.py``). The exported vocabulary
+is the padded one of the checkpoint.
 """
 import argparse
 import json
@@ -20,18 +24,20 @@ import torch  # noqa: E402
 
 from megatron.checkpoint_tools import hf  # noqa: E402
 from megatron.checkpoint_tools.reshard import (  # noqa: E402
-    SourceCheckpoint, merge_shards, split_full, target_args, write_checkpoint)
+    SourceCheckpoint, check_target_tp, merge_shards, split_full, target_args, write_checkpoint)
 from megatron.checkpointing import CheckpointError  # noqa: E402
 from megatron.core.fileio import atomic_open, atomic_write_text  # noqa: E402
 
-TO_HF = {"GPT": hf.gpt_to_hf, "BERT": hf.bert_to_hf}
-FROM_HF = {"GPT": hf.gpt_from_hf, "BERT": hf.bert_from_hf}
+TO_HF = {"GPT": hf.gpt_to_hf, "BERT": hf.bert_to_hf, "llama": hf.llama_to_hf}
+FROM_HF = {"GPT": hf.gpt_from_hf, "BERT": hf.bert_from_hf, "llama": hf.llama_from_hf}
+MODEL_TYPES = {"gpt": "GPT", "bert": "BERT", "llama": "llama"}  # accepted in any case
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--direction", required=True, choices=["to-hf", "from-hf"])
-    parser.add_argument("--model-type", required=True, choices=sorted(TO_HF))
+    parser.add_argument("--model-type", required=True, type=lambda v: MODEL_TYPES.get(v.lower(), v),
+                        choices=sorted(TO_HF), help="GPT, BERT or llama (any case)")
     parser.add_argument("--load", required=True, help="source directory (our checkpoint, or an HF model directory)")
     parser.add_argument("--save", required=True, help="output directory")
     parser.add_argument("--target-tensor-parallel-size", type=int, default=1, help="from-hf only")
@@ -61,7 +67,7 @@ def to_hf(args) -> str:
     if args.model_type == "BERT":
         config, tensors = hf.bert_to_hf(full, source.args, post_layernorm=args.post_layernorm)
     else:
-        config, tensors = hf.gpt_to_hf(full, source.args)
+        config, tensors = TO_HF[args.model_type](full, source.args)
     os.makedirs(args.save, exist_ok=True)
     # Weights first, config last: a directory with a config.json is a complete model.
     _write_safetensors(tensors, os.path.join(args.save, "model.safetensors"))
@@ -100,13 +106,11 @@ def from_hf(args) -> str:
         raise hf.ConversionError(f"{args.load}: the weights or config.json lack {error} "
                                  f"(is it a {args.model_type} model?)") from None
     tp, pp = args.target_tensor_parallel_size, args.target_pipeline_parallel_size
-    if model_args.num_attention_heads % tp != 0:
-        raise CheckpointError(f"--target-tensor-parallel-size {tp} does not divide num_attention_heads "
-                              f"{model_args.num_attention_heads}")
+    check_target_tp(model_args, tp, "--target-tensor-parallel-size")
     model_args.make_vocab_size_divisible_by = args.make_vocab_size_divisible_by
     model_args.tensor_model_parallel_size = tp
     padded = vocab_size_with_padding(model_args.vocab_size, model_args)
-    shards = split_full(full, model_args.num_layers, tp, pp, padded)
+    shards = split_full(full, model_args.num_layers, tp, pp, padded, swiglu=getattr(model_args, "swiglu", False))
     return write_checkpoint(args.save, shards, target_args(model_args, tp, pp, padded), 0, release=True)
 
 

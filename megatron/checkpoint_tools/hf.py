@@ -4,6 +4,9 @@ GPT <-> ``GPT2LMHeadModel``: GPT-2's ``Conv1D`` layers store ``[in, out]`` (the 
 linear weight), and its fused ``c_attn`` columns are ``[q | k | v]`` over all heads, while our
 fused ``query_key_value`` rows are ``[heads, 3, head_dim]``. The output layer is tied to ``wte``.
 
+GPT (rope, SwiGLU, RMSNorm, any number of query groups, biases or not, tied or untied) <->
+``LlamaForCausalLM``: see the Llama section below.
+
 BERT <-> ``MegatronBertForPreTraining``: the pre-LayerNorm BERT Megatron trains (no LayerNorm on the
 embeddings; ``attention.ln`` before attention, ``ln`` before the MLP, ``encoder.ln`` at the end).
 The original post-LayerNorm ``BertForPreTraining`` normalises the embeddings and each residual sum,
@@ -90,10 +93,16 @@ def mlp_activation(args) -> str:
 def _check_plain_transformer(args) -> None:
     for name, wanted in (("position_embedding_type", "learned_absolute"), ("add_bias_linear", True),
                          ("untie_embeddings_and_output_weights", False),
-                         ("apply_residual_connection_post_layernorm", False)):
+                         ("apply_residual_connection_post_layernorm", False), ("swiglu", False),
+                         ("normalization", "LayerNorm")):
         value = getattr(args, name, None)
         if value is not None and value != wanted:
-            raise ConversionError(f"the checkpoint has {name} {value}; Hugging Face conversion needs {wanted}")
+            raise ConversionError(f"the checkpoint has {name} {value}; this Hugging Face model needs {wanted} "
+                                  f"(a rope/SwiGLU/RMSNorm GPT converts with --model-type llama)")
+    groups = getattr(args, "num_query_groups", None)
+    if groups is not None and groups != args.num_attention_heads:
+        raise ConversionError(f"the checkpoint has num_query_groups {groups} (grouped-query attention); this Hugging "
+                              f"Face model needs one group per head (--model-type llama converts it)")
 
 
 # -- GPT ----------------------------------------------------------------------------------------
@@ -251,3 +260,138 @@ def bert_from_hf(config: dict, tensors: Tensors) -> Tuple[Tensors, argparse.Name
 
 def _contiguous(tensors: Tensors) -> Tensors:
     return {name: tensor.detach().clone().contiguous() for name, tensor in tensors.items()}
+
+
+# -- Llama --------------------------------------------------------------------------------------
+# ``LlamaForCausalLM``: separate q/k/v/o and gate/up/down projections (nn.Linear layout, no
+# transposes), RMSNorm, rotary embeddings with the half-split rotation our RotaryEmbedding uses
+# (so q and k rows need no permutation), grouped-query attention with ``num_key_value_heads``
+# groups. Our fused QKV rows are ``[groups, heads_per_group + 2, head_dim]`` and our SwiGLU input
+# projection is ``[gate; up]``.
+_LLAMA_LAYER = {  # ours (under language_model.encoder.layers.N.) -> Llama (under model.layers.N.)
+    "input_layernorm.weight": "input_layernorm.weight",
+    "post_attention_layernorm.weight": "post_attention_layernorm.weight",
+    "self_attention.dense.weight": "self_attn.o_proj.weight",
+    "self_attention.dense.bias": "self_attn.o_proj.bias",
+    "mlp.dense_4h_to_h.weight": "mlp.down_proj.weight",
+    "mlp.dense_4h_to_h.bias": "mlp.down_proj.bias",
+}
+_OUTPUT_LAYER = "language_model.output_layer.weight"
+
+
+def _qkv_to_llama(tensor: torch.Tensor, heads: int, groups: int) -> Tuple[torch.Tensor, ...]:
+    """Fused rows ``[groups, heads / groups + 2, head_dim]`` -> (q, k, v) rows."""
+    per_group = heads // groups
+    rest = tuple(tensor.shape[1:])
+    grouped = tensor.reshape(groups, per_group + 2, -1, *rest)
+    head_dim = grouped.shape[2]
+    q = grouped[:, :per_group].reshape(heads * head_dim, *rest)
+    k = grouped[:, per_group].reshape(groups * head_dim, *rest)
+    v = grouped[:, per_group + 1].reshape(groups * head_dim, *rest)
+    return q, k, v
+
+
+def _llama_to_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, groups: int) -> torch.Tensor:
+    per_group = heads // groups
+    rest = tuple(q.shape[1:])
+    head_dim = q.shape[0] // heads
+    grouped = torch.cat([q.reshape(groups, per_group, head_dim, *rest), k.reshape(groups, 1, head_dim, *rest),
+                         v.reshape(groups, 1, head_dim, *rest)], dim=1)
+    return grouped.reshape(-1, *rest)
+
+
+def _check_llama_args(args) -> None:
+    for name, wanted, flag in (("position_embedding_type", "rope", "--position-embedding-type rope"),
+                               ("swiglu", True, "--swiglu"), ("normalization", "RMSNorm", "--normalization RMSNorm"),
+                               ("rotary_percent", 1.0, "--rotary-percent 1.0"),
+                               ("apply_residual_connection_post_layernorm", False,
+                                "no --apply-residual-connection-post-layernorm")):
+        value = _arg(args, name, {"swiglu": False, "normalization": "LayerNorm", "rotary_percent": 1.0,
+                                  "apply_residual_connection_post_layernorm": False}.get(name))
+        if value != wanted:
+            raise ConversionError(f"the checkpoint has {name} {value}; LlamaForCausalLM needs {flag}")
+
+
+def llama_to_hf(full: Tensors, args) -> Tuple[dict, Tensors]:
+    """``(config.json dict, LlamaForCausalLM tensors)`` from our full GPT state dict of a Llama-style model."""
+    _check_llama_args(args)
+    heads, layers = args.num_attention_heads, args.num_layers
+    groups = _arg(args, "num_query_groups", heads)
+    vocab, hidden = full["language_model.embedding.word_embeddings.weight"].shape
+    head_dim = _arg(args, "kv_channels", hidden // heads)
+    ffn = full[f"{_LAYERS}.0.mlp.dense_4h_to_h.weight"].shape[1]
+    bias = f"{_LAYERS}.0.self_attention.query_key_value.bias" in full
+    untied = _OUTPUT_LAYER in full
+    out = {"model.embed_tokens.weight": full["language_model.embedding.word_embeddings.weight"],
+           "model.norm.weight": full["language_model.encoder.final_layernorm.weight"]}
+    if untied:
+        out["lm_head.weight"] = full[_OUTPUT_LAYER]
+    for i in range(layers):
+        ours, theirs = f"{_LAYERS}.{i}.", f"model.layers.{i}."
+        for name, hf_name in _LLAMA_LAYER.items():
+            if ours + name in full:
+                out[theirs + hf_name] = full[ours + name]
+        suffixes = ("weight", "bias") if bias else ("weight",)
+        for suffix in suffixes:
+            q, k, v = _qkv_to_llama(full[f"{ours}self_attention.query_key_value.{suffix}"], heads, groups)
+            for part, tensor in zip(("q_proj", "k_proj", "v_proj"), (q, k, v)):
+                out[f"{theirs}self_attn.{part}.{suffix}"] = tensor
+            gate, up = full[f"{ours}mlp.dense_h_to_4h.{suffix}"].chunk(2, dim=0)
+            out[f"{theirs}mlp.gate_proj.{suffix}"], out[f"{theirs}mlp.up_proj.{suffix}"] = gate, up
+    max_positions = _arg(args, "max_position_embeddings", _arg(args, "seq_length", 2048))
+    config = {
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": int(vocab),
+        "hidden_size": int(hidden), "intermediate_size": int(ffn), "num_hidden_layers": layers,
+        "num_attention_heads": heads, "num_key_value_heads": int(groups), "head_dim": int(head_dim),
+        "hidden_act": "silu", "max_position_embeddings": int(max_positions),
+        "rms_norm_eps": float(_arg(args, "layernorm_epsilon", 1e-5)),
+        "rope_theta": float(_arg(args, "rotary_base", 10000.0)), "rope_scaling": None,
+        "attention_bias": bool(bias), "mlp_bias": bool(bias),
+        "attention_dropout": float(_arg(args, "attention_dropout", 0.0)),
+        "tie_word_embeddings": not untied, "bos_token_id": None, "eos_token_id": None, "torch_dtype": "float32",
+    }
+    return config, {name: tensor.detach().to(torch.float32).contiguous() for name, tensor in out.items()}
+
+
+def llama_from_hf(config: dict, tensors: Tensors) -> Tuple[Tensors, argparse.Namespace]:
+    """Our full GPT state dict and model arguments (rope, SwiGLU, RMSNorm, GQA) from a ``LlamaForCausalLM``."""
+    if config.get("model_type") != "llama":
+        raise ConversionError(f"config.json: model_type {config.get('model_type')!r} is not llama")
+    if config.get("hidden_act", "silu") != "silu":
+        raise ConversionError(f"config.json: hidden_act {config.get('hidden_act')!r} is not silu (SwiGLU)")
+    if config.get("rope_scaling"):
+        raise ConversionError(f"config.json: rope_scaling {config['rope_scaling']} has no Megatron equivalent here")
+    if bool(config.get("attention_bias", False)) != bool(config.get("mlp_bias", False)):
+        raise ConversionError("config.json: attention_bias and mlp_bias differ; Megatron's --disable-bias-linear "
+                              "sets both")
+    heads, layers, hidden = config["num_attention_heads"], config["num_hidden_layers"], config["hidden_size"]
+    groups = config.get("num_key_value_heads") or heads
+    head_dim = config.get("head_dim") or hidden // heads
+    bias = bool(config.get("attention_bias", False))
+    tied = bool(config.get("tie_word_embeddings", False))
+    embed = tensors["model.embed_tokens.weight"]
+    full = {"language_model.embedding.word_embeddings.weight": embed,
+            "language_model.encoder.final_layernorm.weight": tensors["model.norm.weight"]}
+    if not tied:
+        full[_OUTPUT_LAYER] = tensors["lm_head.weight"]
+    for i in range(layers):
+        ours, theirs = f"{_LAYERS}.{i}.", f"model.layers.{i}."
+        for name, hf_name in _LLAMA_LAYER.items():
+            if name.endswith(".bias") and not bias:
+                continue
+            full[ours + name] = tensors[theirs + hf_name]
+        for suffix in (("weight", "bias") if bias else ("weight",)):
+            full[f"{ours}self_attention.query_key_value.{suffix}"] = _llama_to_qkv(
+                *(tensors[f"{theirs}self_attn.{p}.{suffix}"] for p in ("q_proj", "k_proj", "v_proj")), heads, groups)
+            full[f"{ours}mlp.dense_h_to_4h.{suffix}"] = torch.cat(
+                [tensors[f"{theirs}mlp.gate_proj.{suffix}"], tensors[f"{theirs}mlp.up_proj.{suffix}"]], dim=0)
+    max_positions = config.get("max_position_embeddings", 2048)
+    args = argparse.Namespace(
+        num_layers=layers, hidden_size=hidden, num_attention_heads=heads, num_query_groups=groups,
+        group_query_attention=groups != heads, kv_channels=head_dim, ffn_hidden_size=config["intermediate_size"],
+        max_position_embeddings=max_positions, seq_length=max_positions, position_embedding_type="rope",
+        rotary_percent=1.0, rotary_base=float(config.get("rope_theta", 10000.0)), swiglu=True,
+        normalization="RMSNorm", layernorm_epsilon=config.get("rms_norm_eps", 1e-6), add_bias_linear=bias,
+        untie_embeddings_and_output_weights=not tied, vocab_size=config["vocab_size"], vocab_extra_ids=0,
+        hidden_dropout=0.0, attention_dropout=config.get("attention_dropout", 0.0), tokenizer_type=None)
+    return _contiguous(full), args

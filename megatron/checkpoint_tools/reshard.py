@@ -6,9 +6,13 @@ needed. Which dimension a tensor is split along follows from its name, the way M
 layers are built:
 
 * vocabulary-parallel (rows): ``word_embeddings.weight``, ``word_embeddings_for_head.weight``,
-  ``lm_head.bias`` - padded to a multiple of ``make_vocab_size_divisible_by x TP``;
+  ``lm_head.bias``, the untied ``output_layer.weight`` - padded to a multiple of
+  ``make_vocab_size_divisible_by x TP``;
 * column-parallel (rows): ``query_key_value``, ``query``, ``key_value``, ``dense_h_to_4h`` (weights
-  and biases). Fused QKV rows are ``[heads, 3, head_dim]`` per shard, so shards concatenate whole;
+  and biases). Fused QKV rows are ``[groups, heads_per_group + 2, head_dim]`` per shard (``[heads,
+  3, head_dim]`` without grouped-query attention), so shards concatenate whole. With ``swiglu`` a
+  ``dense_h_to_4h`` shard is ``[gate_r; up_r]`` (partition stride 2): the full tensor is all gate
+  rows, then all up rows;
 * row-parallel (columns): the attention output ``dense.weight`` and ``dense_4h_to_h.weight``;
 * everything else (layer norms, row-parallel biases, position embeddings, heads) is replicated.
 
@@ -55,7 +59,9 @@ from megatron.core.fileio import atomic_open, atomic_write_text
 
 Shards = Dict[Tuple[int, int], Dict[str, torch.Tensor]]  # (tp_rank, pp_rank) -> flat state dict
 
-_VOCAB_PARALLEL = ("word_embeddings.weight", "word_embeddings_for_head.weight", "lm_head.bias")
+_VOCAB_PARALLEL = ("word_embeddings.weight", "word_embeddings_for_head.weight", "lm_head.bias",
+                   "language_model.output_layer.weight")
+_OUTPUT_LAYER = "language_model.output_layer.weight"
 _COLUMN_PARALLEL = re.compile(r"\.(query_key_value|query|key_value|dense_h_to_4h)\.(weight|bias)$")
 _ROW_PARALLEL = re.compile(r"\.(self_attention|inter_attention|mlp)\.(dense|dense_4h_to_h)\.weight$")
 _LAYER = re.compile(r"^(.*\.(?:encoder|decoder)\.layers)\.(\d+)\.(.*)$")
@@ -70,6 +76,24 @@ def split_dim(name: str) -> Optional[int]:
     if _ROW_PARALLEL.search(name):
         return 1
     return None
+
+
+def partition_stride(name: str, swiglu: bool) -> int:
+    """How many blocks of ``name``'s full tensor are each split over TP ranks (2 for SwiGLU's gate and up)."""
+    return 2 if swiglu and ".dense_h_to_4h." in name else 1
+
+
+def merge_tp(parts: List[torch.Tensor], dim: int, stride: int = 1) -> torch.Tensor:
+    """The full tensor from its TP shards (each shard holds its slice of every one of ``stride`` blocks)."""
+    if stride == 1:
+        return torch.cat(parts, dim=dim)
+    blocks = [part.chunk(stride, dim=dim) for part in parts]
+    return torch.cat([blocks[rank][block] for block in range(stride) for rank in range(len(parts))], dim=dim)
+
+
+def take_tp(full: torch.Tensor, dim: int, tp: int, rank: int, stride: int = 1) -> torch.Tensor:
+    """TP rank ``rank``'s shard of ``full`` (the inverse of ``merge_tp``)."""
+    return torch.cat([block.chunk(tp, dim=dim)[rank] for block in full.chunk(stride, dim=dim)], dim=dim)
 
 
 def _rank_dirname(tp_rank: int, pp_rank: int, pp_size: int) -> str:
@@ -163,6 +187,7 @@ def _stage_layer_offset(name: str, num_layers: int, pp: int, pp_rank: int, chunk
 def merge_shards(source: SourceCheckpoint) -> Dict[str, torch.Tensor]:
     """One full flat state dict: tensor-parallel shards concatenated, layers numbered globally."""
     args = source.args
+    swiglu = bool(saved_arg(args, "swiglu"))
     encoder_decoder = any(_is_encoder_decoder(source.shards[(0, p)][0].keys()) for p in range(source.pp))
     split = saved_split_rank(args, source.pp, encoder_decoder, source.load_dir)
     full: Dict[str, torch.Tensor] = {}
@@ -189,7 +214,8 @@ def merge_shards(source: SourceCheckpoint) -> Dict[str, torch.Tensor]:
                     merged = tensor
                 else:
                     try:
-                        merged = torch.cat([shard[name] for shard in chunk_shards], dim=dim)
+                        merged = merge_tp([shard[name] for shard in chunk_shards], dim,
+                                          partition_stride(name, swiglu))
                     except KeyError:
                         raise CheckpointError(f"{source.load_dir}: {name} is missing from a tensor-parallel "
                                               f"shard of pipeline stage {pp_rank}") from None
@@ -285,10 +311,11 @@ def check_split_rank(full, num_layers: int, pp: int, split_rank: Optional[int]) 
 
 
 def split_full(full: Dict[str, torch.Tensor], num_layers: int, tp: int, pp: int,
-               padded_vocab_size: int, split_rank: Optional[int] = None) -> Shards:
+               padded_vocab_size: int, split_rank: Optional[int] = None, swiglu: bool = False) -> Shards:
     """The flat state dict of every (tp_rank, pp_rank) of the target layout.
 
-    ``split_rank`` places an encoder-decoder model (default: half the stages for each side).
+    ``split_rank`` places an encoder-decoder model (default: half the stages for each side);
+    ``swiglu`` splits the gate and up halves of ``dense_h_to_4h`` separately.
     """
     encoder_decoder = _is_encoder_decoder(full)
     split = check_split_rank(full, num_layers, pp, split_rank)
@@ -297,8 +324,9 @@ def split_full(full: Dict[str, torch.Tensor], num_layers: int, tp: int, pp: int,
     shards: Shards = {(t, p): {} for t in range(tp) for p in range(pp)}
     layers_per_stage = num_layers // pp
     items = dict(full)
-    # The last stage keeps a copy of the tied word embeddings unless it embeds tokens itself.
-    if pp > 1 and _WORD_EMBEDDINGS in items and split != pp - 1:
+    # The last stage keeps a copy of the tied word embeddings unless it embeds tokens itself (or
+    # the model has an untied output layer of its own).
+    if pp > 1 and _WORD_EMBEDDINGS in items and split != pp - 1 and _OUTPUT_LAYER not in items:
         items["\0head"] = items[_WORD_EMBEDDINGS]  # placed below
     for name, tensor in items.items():
         if name == "\0head":
@@ -311,11 +339,13 @@ def split_full(full: Dict[str, torch.Tensor], num_layers: int, tp: int, pp: int,
             if local.endswith(_VOCAB_PARALLEL):
                 tensor = _repad(tensor, padded_vocab_size)
             dim = split_dim(local)
-            if dim is not None and tensor.shape[dim] % tp != 0:
+            stride = partition_stride(local, swiglu)
+            if dim is not None and tensor.shape[dim] % (tp * stride) != 0:
                 raise CheckpointError(f"{local} has {tensor.shape[dim]} entries along dimension {dim}, not "
-                                      f"divisible by --target-tensor-parallel-size {tp}")
+                                      f"divisible by --target-tensor-parallel-size {tp}"
+                                      + (f" x {stride} (SwiGLU gate and up)" if stride > 1 else ""))
             for tp_rank in range(tp):
-                part = tensor if dim is None else torch.chunk(tensor, tp, dim=dim)[tp_rank]
+                part = tensor if dim is None else take_tp(tensor, dim, tp, tp_rank, stride)
                 shards[(tp_rank, stage)][local] = part.clone()
     return shards
 
@@ -365,6 +395,15 @@ def write_checkpoint(save_dir: str, shards: Shards, args, iteration: int, releas
     return final_dir
 
 
+def check_target_tp(args, target_tp: int, flag: str) -> None:
+    """Attention heads and key/value groups must split evenly over the target's TP ranks."""
+    heads = args.num_attention_heads
+    groups = saved_arg(args, "num_query_groups") or heads
+    for count, what in ((heads, "num_attention_heads"), (groups, "num_query_groups")):
+        if count % target_tp != 0:
+            raise CheckpointError(f"{flag} {target_tp} does not divide {what} {count}")
+
+
 def reshard_checkpoint(load_dir: str, save_dir: str, target_tp: int, target_pp: int,
                        true_vocab_size: Optional[int] = None, target_split_rank: Optional[int] = None) -> str:
     """Read ``load_dir`` at any layout and write it to ``save_dir`` at ``target_tp x target_pp``.
@@ -378,14 +417,12 @@ def reshard_checkpoint(load_dir: str, save_dir: str, target_tp: int, target_pp: 
         raise CheckpointError(f"--save-dir {save_dir} must differ from --load-dir")
     source = SourceCheckpoint(load_dir)
     full = merge_shards(source)
-    heads = source.args.num_attention_heads
-    if heads % target_tp != 0:
-        raise CheckpointError(f"--target-tensor-parallel-size {target_tp} does not divide "
-                              f"num_attention_heads {heads}")
+    check_target_tp(source.args, target_tp, "--target-tensor-parallel-size")
     padded = target_padded_vocab_size(source.args, target_tp, true_vocab_size)
     if target_split_rank is None and _is_encoder_decoder(full) and target_pp == source.pp > 1:
         target_split_rank = saved_arg(source.args, "pipeline_model_parallel_split_rank")
     split = check_split_rank(full, source.args.num_layers, target_pp, target_split_rank)
-    shards = split_full(full, source.args.num_layers, target_tp, target_pp, padded, split)
+    shards = split_full(full, source.args.num_layers, target_tp, target_pp, padded, split,
+                        swiglu=bool(saved_arg(source.args, "swiglu")))
     args = target_args(source.args, target_tp, target_pp, padded, split)
     return write_checkpoint(save_dir, shards, args, source.iteration, source.release)

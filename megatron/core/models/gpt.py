@@ -1,4 +1,5 @@
-"""GPT: a causal decoder-only language model with the output layer tied to the word embeddings."""
+"""GPT: a causal decoder-only language model with the output layer tied to the word embeddings, or
+with an output layer of its own (``untie_embeddings_and_output_weights``, as Llama)."""
 from typing import Optional
 
 import torch
@@ -28,8 +29,24 @@ class GPTModel(LanguageModule):
         self.label_smoothing = label_smoothing
         self.language_model = TransformerLanguageModel(
             config, vocab_size, max_sequence_length, AttnMaskType.causal, num_tokentypes=num_tokentypes,
-            pre_process=pre_process, post_process=post_process, pg=self.pg)
+            pre_process=pre_process, post_process=post_process, pg=self.pg,
+            add_output_layer=config.untie_embeddings_and_output_weights)
         self.initialize_word_embeddings(vocab_size)
+
+    def has_output_layer(self) -> bool:
+        return self.post_process and not self.config.untie_embeddings_and_output_weights
+
+    def word_embeddings_weight(self) -> Optional[torch.Tensor]:
+        if self.config.untie_embeddings_and_output_weights:
+            # Nothing is tied: no stage keeps a copy and none joins the embedding-group all-reduce.
+            return None
+        return super().word_embeddings_weight()
+
+    def output_weight(self) -> torch.Tensor:
+        """The vocab-parallel weight the logits are computed with ``[v / tp, h]``."""
+        if self.config.untie_embeddings_and_output_weights:
+            return self.language_model.output_layer.weight
+        return super().word_embeddings_weight()
 
     def forward(self, input_ids: torch.Tensor, position_ids: Optional[torch.Tensor] = None,
                 attention_mask: Optional[torch.Tensor] = None, labels: Optional[torch.Tensor] = None,
@@ -37,7 +54,7 @@ class GPTModel(LanguageModule):
         hidden = self.language_model(input_ids, position_ids, attention_mask, tokentype_ids=tokentype_ids)
         if not self.post_process:
             return hidden
-        logits = parallel_lm_logits(hidden, self.word_embeddings_weight(), self.parallel_output, self.pg,
+        logits = parallel_lm_logits(hidden, self.output_weight(), self.parallel_output, self.pg,
                                     self.config.sequence_parallel)
         if labels is not None and not self.parallel_output:
             raise ValueError("GPTModel computes the loss from vocab-parallel logits; use parallel_output=True with labels")

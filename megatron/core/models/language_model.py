@@ -12,6 +12,7 @@ from torch import nn
 
 from megatron.core.parallel_state import ProcessGroups, get_process_groups
 from megatron.core.tensor_parallel import (
+    ColumnParallelLinear,
     VocabParallelEmbedding,
     copy_to_tensor_model_parallel_region,
     gather_from_sequence_parallel_region,
@@ -135,17 +136,23 @@ class TransformerLanguageModel(nn.Module):
 
     ``pre_process`` (first stage, or first decoder stage) owns the embedding; otherwise the
     stage's input comes from ``set_input_tensor``. ``post_process`` (last stage, or last
-    encoder stage) owns the final layer norm and pooler.
+    encoder stage) owns the final layer norm and pooler, and with ``add_output_layer`` (GPT under
+    ``untie_embeddings_and_output_weights``) the vocab-parallel ``output_layer`` (no bias), a weight
+    of its own rather than the word embedding, so no stage keeps a tied copy.
     """
 
     def __init__(self, config: TransformerConfig, vocab_size: int, max_sequence_length: int,
                  encoder_attn_mask_type: AttnMaskType, num_tokentypes: int = 0,
                  add_encoder: bool = True, add_decoder: bool = False,
                  decoder_attn_mask_type: AttnMaskType = AttnMaskType.causal, add_pooler: bool = False,
-                 pre_process: bool = True, post_process: bool = True, pg: Optional[ProcessGroups] = None):
+                 pre_process: bool = True, post_process: bool = True, pg: Optional[ProcessGroups] = None,
+                 add_output_layer: bool = False):
         super().__init__()
         self.pg = pg if pg is not None else get_process_groups()
         self.config = config
+        if config.untie_embeddings_and_output_weights and not add_output_layer:
+            raise ValueError("untie_embeddings_and_output_weights applies to GPT only: this model's head is tied "
+                             "to the word embeddings or has no LM output layer")
         self.pre_process = pre_process
         self.post_process = post_process
         self.add_encoder = add_encoder
@@ -157,7 +164,7 @@ class TransformerLanguageModel(nn.Module):
                 self.embedding = Embedding(config, vocab_size, max_sequence_length, num_tokentypes, self.pg)
         self.rotary_pos_emb = None
         if config.position_embedding_type == "rope":
-            self.rotary_pos_emb = RotaryEmbedding(config.kv_channels, config.rotary_percent)
+            self.rotary_pos_emb = RotaryEmbedding(config.kv_channels, config.rotary_percent, config.rotary_base)
         if add_encoder:
             self.encoder = TransformerBlock(config, LayerType.encoder, encoder_attn_mask_type,
                                             pre_process=pre_process, post_process=post_process, pg=self.pg)
@@ -167,6 +174,11 @@ class TransformerLanguageModel(nn.Module):
         if self.add_pooler:
             with init_rng_scope(config.init_seed, "pooler"):
                 self.pooler = Pooler(config, self.pg)
+        if add_output_layer and post_process:
+            # Rows follow the vocab-parallel split of the embedding and the cross entropy.
+            with init_rng_scope(config.init_seed, "output_layer"):
+                self.output_layer = ColumnParallelLinear(config.hidden_size, vocab_size, config=config,
+                                                         init_method=config.init_method, bias=False, pg=self.pg)
 
     def set_input_tensor(self, input_tensor: Union[torch.Tensor, List[Optional[torch.Tensor]], None]) -> None:
         if not isinstance(input_tensor, (list, tuple)):

@@ -4,9 +4,13 @@ Heads are split across tensor-parallel ranks: the fused QKV projection is column
 output projection row-parallel, so a whole attention block needs one all-reduce in forward and
 one in backward. Inside the block tensors are ``[s, b, h]``.
 
-Fused QKV rows are ordered per head, ``[heads, 3, head_dim]`` (Megatron checkpoint version
->= 2.0), so a contiguous slice of rows is a contiguous group of whole heads and the released
-checkpoints load without permutation.
+Fused QKV rows are ordered per query group, ``[groups, heads_per_group + 2, head_dim]``: a
+group's query heads, then its key head and its value head (Megatron's grouped-query layout).
+With one group per head (multi-head attention) that is ``[heads, 3, head_dim]`` (Megatron
+checkpoint version >= 2.0), so the released checkpoints load without permutation; either way a
+contiguous slice of rows is a contiguous run of whole groups, which is how TP splits them.
+Keys and values are kept per group (also in the inference cache) and repeated for their query
+heads only inside the core attention.
 """
 import contextlib
 import math
@@ -16,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from megatron.core.fusions import masked_softmax
+from megatron.core.fusions import fused
 from megatron.core.parallel_state import ProcessGroups, get_process_groups
 from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear, checkpoint, get_rng_tracker
 from megatron.core.transformer.config import TransformerConfig
@@ -80,15 +84,20 @@ class CoreAttention(nn.Module):
 
     def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                 attention_mask: Optional[torch.Tensor]) -> torch.Tensor:
-        # query [sq, b, np, hn]; key, value [sk, b, np, hn]
+        # query [sq, b, np, hn]; key, value [sk, b, ng, hn] with ng dividing np
         sq, b, np_, hn = query.shape
-        sk = key.shape[0]
+        sk, groups = key.shape[0], key.shape[2]
+        if groups != np_:
+            # Query head j of a rank uses key/value group j // (np / ng), as the fused rows are ordered.
+            key = key.repeat_interleave(np_ // groups, dim=2)  # [sk, b, np, hn]
+            value = value.repeat_interleave(np_ // groups, dim=2)
         mask = build_attention_mask(attention_mask, self.attn_mask_type, sq, sk, query.device)
         if self.config.attention_backend == "sdpa":
             plain_causal = self.attn_mask_type == AttnMaskType.causal and attention_mask is None and sq == sk
             context = self._sdpa(query, key, value, None if plain_causal else mask, plain_causal)
         else:
-            context = self._unfused(query, key, value, mask)
+            plain_causal = self.attn_mask_type == AttnMaskType.causal and attention_mask is None
+            context = self._unfused(query, key, value, mask, plain_causal)
         return context.reshape(sq, b, np_ * hn)  # [sq, b, np * hn]
 
     def _sdpa(self, query, key, value, mask, is_causal):
@@ -103,7 +112,7 @@ class CoreAttention(nn.Module):
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal)
         return out.permute(2, 0, 1, 3)  # [sq, b, np, hn]
 
-    def _unfused(self, query, key, value, mask):
+    def _unfused(self, query, key, value, mask, causal: bool = False):
         sq, b, np_, hn = query.shape
         sk = key.shape[0]
         q = query.reshape(sq, b * np_, hn).transpose(0, 1)  # [b * np, sq, hn]
@@ -111,7 +120,8 @@ class CoreAttention(nn.Module):
         v = value.reshape(sk, b * np_, hn).transpose(0, 1)
         scores = torch.bmm(q, k.transpose(1, 2)) * (1.0 / self.norm_factor)
         scores = scores.view(b, np_, sq, sk)
-        probs = masked_softmax(scores, mask, self.coeff, self.softmax_in_fp32)
+        probs = fused.masked_softmax(scores, mask, self.coeff, self.softmax_in_fp32, causal=causal,
+                                     enabled=self.config.masked_softmax_fusion)
         if self.training and self.dropout_p > 0:
             # Each rank holds different heads, so their dropout must come from the per-rank stream.
             with get_rng_tracker().fork():
@@ -134,24 +144,31 @@ class ParallelAttention(nn.Module):
         tp = pg.tensor_model_parallel_size
         config.validate_layout(tp)
         projection_size = config.kv_channels * config.num_attention_heads
+        kv_projection_size = config.kv_channels * config.num_query_groups
+        bias = config.add_bias_linear
         self.hidden_size_per_attention_head = config.kv_channels
         self.num_attention_heads_per_partition = divide(config.num_attention_heads, tp, "num_attention_heads vs tensor_model_parallel_size")
+        self.num_query_groups_per_partition = divide(config.num_query_groups, tp, "num_query_groups vs tensor_model_parallel_size")
         if attention_type == AttnType.self_attn:
             self.query_key_value = ColumnParallelLinear(
-                config.hidden_size, 3 * projection_size, config=config, init_method=config.init_method, pg=pg)
+                config.hidden_size, projection_size + 2 * kv_projection_size, config=config,
+                init_method=config.init_method, bias=bias, pg=pg)
         else:
+            if config.num_query_groups != config.num_attention_heads:
+                raise ValueError(f"cross-attention has no grouped-query form: num_query_groups {config.num_query_groups} "
+                                 f"must equal num_attention_heads {config.num_attention_heads}")
             self.query = ColumnParallelLinear(
-                config.hidden_size, projection_size, config=config, init_method=config.init_method, pg=pg)
+                config.hidden_size, projection_size, config=config, init_method=config.init_method, bias=bias, pg=pg)
             self.key_value = ColumnParallelLinear(
-                config.hidden_size, 2 * projection_size, config=config, init_method=config.init_method, pg=pg)
+                config.hidden_size, 2 * projection_size, config=config, init_method=config.init_method, bias=bias, pg=pg)
         self.core_attention = CoreAttention(config, layer_number, attn_mask_type, pg)
         self.recompute_core_attention = config.recompute_granularity == "selective"
         self.dense = RowParallelLinear(
             projection_size, config.hidden_size, config=config, init_method=config.output_layer_init_method,
-            input_is_parallel=True, skip_bias_add=True, pg=pg)
+            bias=bias, input_is_parallel=True, skip_bias_add=True, pg=pg)
         # Incremental decoding (megatron/text_generation) sets an object with
         # ``update(key, value) -> (all_keys, all_values)`` that appends this step's keys and values
-        # [s, b, np, hn] to those of earlier steps, and ``rotary_frequencies(s)`` giving the rotary
+        # [s, b, ng, hn] to those of earlier steps, and ``rotary_frequencies(s)`` giving the rotary
         # frequencies of the s positions after the cached ones; None (training, recompute) attends
         # to the input only.
         self.inference_cache = None
@@ -161,9 +178,12 @@ class ParallelAttention(nn.Module):
                 rotary_pos_emb: Optional[torch.Tensor] = None):
         np_, hn = self.num_attention_heads_per_partition, self.hidden_size_per_attention_head
         if self.attention_type == AttnType.self_attn:
-            mixed, _ = self.query_key_value(hidden_states)  # [sq, b, np * 3 * hn]
-            mixed = mixed.view(mixed.shape[0], mixed.shape[1], np_, 3 * hn)
-            query, key, value = torch.split(mixed, hn, dim=-1)  # each [sq, b, np, hn]
+            ng = self.num_query_groups_per_partition
+            per_group = np_ // ng
+            mixed, _ = self.query_key_value(hidden_states)  # [sq, b, ng * (np / ng + 2) * hn]
+            mixed = mixed.view(mixed.shape[0], mixed.shape[1], ng, (per_group + 2) * hn)
+            query, key, value = torch.split(mixed, [per_group * hn, hn, hn], dim=-1)
+            query = query.reshape(query.shape[0], query.shape[1], np_, hn)  # [sq, b, np, hn]; key, value [sq, b, ng, hn]
         else:
             if encoder_output is None:
                 raise ValueError("cross-attention needs encoder_output")

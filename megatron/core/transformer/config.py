@@ -6,7 +6,8 @@ import torch
 
 from megatron.core.utils import init_method_normal, scaled_init_method_normal
 
-POSITION_EMBEDDING_TYPES = ("learned_absolute", "rope")
+POSITION_EMBEDDING_TYPES = ("learned_absolute", "rope", "none")
+NORMALIZATIONS = ("LayerNorm", "RMSNorm")
 ATTENTION_BACKENDS = ("sdpa", "unfused")
 RECOMPUTE_GRANULARITIES = ("full", "selective")
 RECOMPUTE_METHODS = ("uniform", "block")
@@ -17,10 +18,22 @@ class TransformerConfig:
     num_layers: int
     hidden_size: int
     num_attention_heads: int
+    num_query_groups: Optional[int] = None
+    """Key/value heads (grouped-query attention): each serves num_attention_heads / num_query_groups
+    query heads; defaults to num_attention_heads (multi-head attention), 1 is multi-query attention."""
     kv_channels: Optional[int] = None
     """Per-head projection size; defaults to hidden_size / num_attention_heads."""
     ffn_hidden_size: Optional[int] = None
     """MLP inner size; defaults to 4 * hidden_size."""
+    swiglu: bool = False
+    """MLP as SiLU(x W_gate) * (x W_up) (Llama): the first projection is 2 x ffn_hidden_size wide,
+    gate rows first, up rows second in the full weight (each half split over TP ranks)."""
+    normalization: str = "LayerNorm"
+    """``LayerNorm`` (weight and bias) or ``RMSNorm`` (weight only, no mean subtraction)."""
+    add_bias_linear: bool = True
+    """Biases on the QKV, attention output and both MLP projections (Megatron's --disable-bias-linear clears it)."""
+    untie_embeddings_and_output_weights: bool = False
+    """GPT's output layer is a weight of its own (``language_model.output_layer``) instead of the word embedding."""
     hidden_dropout: float = 0.1
     attention_dropout: float = 0.1
     layernorm_epsilon: float = 1e-5
@@ -39,11 +52,16 @@ class TransformerConfig:
     bias_dropout_fusion: bool = True
     """Request the fused bias-dropout-add; the plain PyTorch reference computes the same function."""
     masked_softmax_fusion: bool = True
-    """Request the fused masked softmax; on CPU (and here) the plain PyTorch path always runs."""
+    """Fused masked softmax: the Triton kernel on CUDA; on the CPU the reference, compiled when
+    ``fusions.set_cpu_fusion_mode("compiled")`` (``--torch-compile``) asked for it."""
+    persist_layer_norm: bool = True
+    """Fused layer norm (the Triton kernel on CUDA); Megatron's ``--no-persist-layer-norm`` clears it."""
     attention_backend: str = "sdpa"
     """``sdpa``: torch scaled_dot_product_attention; ``unfused``: explicit scores, mask, softmax."""
     position_embedding_type: str = "learned_absolute"
     rotary_percent: float = 1.0
+    rotary_base: float = 10000.0
+    """Base of the rotary frequencies, base ** (-2i / rotary_dim)."""
     params_dtype: torch.dtype = torch.float32
     fp32_residual_connection: bool = False
     sequence_parallel: bool = False
@@ -74,6 +92,15 @@ class TransformerConfig:
             self.kv_channels = self.hidden_size // self.num_attention_heads
         if self.ffn_hidden_size is None:
             self.ffn_hidden_size = 4 * self.hidden_size
+        if self.num_query_groups is None:
+            self.num_query_groups = self.num_attention_heads
+        if self.num_query_groups < 1 or self.num_attention_heads % self.num_query_groups != 0:
+            raise ValueError(f"num_attention_heads {self.num_attention_heads} is not divisible by num_query_groups "
+                             f"{self.num_query_groups}")
+        if self.normalization not in NORMALIZATIONS:
+            raise ValueError(f"normalization {self.normalization!r} is not one of {NORMALIZATIONS}")
+        if self.rotary_base <= 0:
+            raise ValueError(f"rotary_base must be positive, got {self.rotary_base}")
         for name in ("hidden_dropout", "attention_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"TransformerConfig.{name} must lie in [0, 1), got {getattr(self, name)}")
@@ -111,5 +138,7 @@ class TransformerConfig:
         if self.num_attention_heads % tp != 0:
             raise ValueError(
                 f"num_attention_heads {self.num_attention_heads} is not divisible by tensor_model_parallel_size {tp}")
+        if self.num_query_groups % tp != 0:
+            raise ValueError(f"num_query_groups {self.num_query_groups} is not divisible by tensor_model_parallel_size {tp}")
         if self.ffn_hidden_size % tp != 0:
             raise ValueError(f"ffn_hidden_size {self.ffn_hidden_size} is not divisible by tensor_model_parallel_size {tp}")
