@@ -14,18 +14,40 @@ def _add_network_size_args(parser):
     group.add_argument("--num-layers", type=int, default=None, help="Number of transformer layers.")
     group.add_argument("--hidden-size", type=int, default=None, help="Transformer hidden size.")
     group.add_argument("--ffn-hidden-size", type=int, default=None,
-                       help="MLP inner size; 4 x hidden size when not given.")
+                       help="MLP inner size; 4 x hidden size when not given (with --swiglu: 8/3 x hidden size "
+                            "rounded down to a multiple of 64, as Megatron).")
     group.add_argument("--num-attention-heads", type=int, default=None, help="Number of attention heads.")
     group.add_argument("--kv-channels", type=int, default=None,
                        help="Projection size per head; hidden size / heads when not given.")
     group.add_argument("--max-position-embeddings", type=int, default=None,
                        help="Size of the learned position-embedding table (longest sequence).")
-    group.add_argument("--position-embedding-type", default="learned_absolute", choices=["learned_absolute", "rope"],
-                       help="Learned absolute position embeddings, or rotary embeddings inside attention.")
+    group.add_argument("--position-embedding-type", default="learned_absolute",
+                       choices=["learned_absolute", "rope", "none"],
+                       help="Learned absolute position embeddings, rotary embeddings inside attention, or none "
+                            "(the causal mask alone carries order).")
+    group.add_argument("--no-position-embedding", action="store_false", dest="add_position_embedding",
+                       help="No learned position-embedding table (older spelling; with rope it is implied, "
+                            "otherwise it means --position-embedding-type none).")
     group.add_argument("--use-rotary-position-embeddings", action="store_true",
                        help="Same as --position-embedding-type rope.")
     group.add_argument("--rotary-percent", type=float, default=1.0,
                        help="Fraction of each head's channels that rotary embeddings rotate.")
+    group.add_argument("--rotary-base", type=float, default=10000.0,
+                       help="Base of the rotary frequencies (Llama 2: 10000, Llama 3: 500000).")
+    group.add_argument("--group-query-attention", action="store_true",
+                       help="Grouped-query attention: --num-query-groups key/value heads shared by the query heads.")
+    group.add_argument("--num-query-groups", type=int, default=None,
+                       help="Key/value heads with --group-query-attention (default 1: multi-query attention).")
+    group.add_argument("--swiglu", action="store_true",
+                       help="SwiGLU MLP: SiLU(x W_gate) * (x W_up), then the down projection.")
+    group.add_argument("--normalization", default="LayerNorm", choices=["LayerNorm", "RMSNorm"],
+                       help="Norm of every layer and the final norm.")
+    group.add_argument("--norm-epsilon", type=float, default=None,
+                       help="Epsilon of the norms (megatron-core spelling of --layernorm-epsilon).")
+    group.add_argument("--disable-bias-linear", action="store_false", dest="add_bias_linear",
+                       help="No biases in the QKV, attention output and MLP projections.")
+    group.add_argument("--untie-embeddings-and-output-weights", action="store_true",
+                       help="GPT: an output layer of its own instead of the transposed word embeddings.")
     group.add_argument("--make-vocab-size-divisible-by", type=int, default=128,
                        help="Pad the vocabulary to a multiple of this x tensor-parallel size.")
     group.add_argument("--layernorm-epsilon", type=float, default=1e-5, help="LayerNorm epsilon.")
@@ -99,7 +121,15 @@ def _add_training_args(parser):
                        help="On SIGTERM: save a checkpoint at the end of the iteration and exit.")
     group.add_argument("--tensorboard-dir", default=None, help="Write TensorBoard logs here.")
     group.add_argument("--no-masked-softmax-fusion", action="store_false", dest="masked_softmax_fusion",
-                       help="Use the plain PyTorch masked softmax (always the case on CPU).")
+                       help="Use the plain PyTorch masked softmax instead of the fused one (Triton on CUDA, the "
+                            "compiled reference on CPU under --torch-compile).")
+    group.add_argument("--no-persist-layer-norm", action="store_false", dest="persist_layer_norm",
+                       help="Use the plain PyTorch layer norm instead of the fused one (Triton on CUDA).")
+    group.add_argument("--torch-compile", action="store_true",
+                       help="Compile each transformer layer with torch.compile (and the fused ops' references on "
+                            "CPU); the compile time is logged once.")
+    group.add_argument("--torch-compile-backend", default="inductor",
+                       help="torch.compile backend for --torch-compile (inductor, aot_eager, eager, ...).")
     group.add_argument("--no-bias-gelu-fusion", action="store_false", dest="bias_gelu_fusion",
                        help="Plain GeLU(x + bias) with --openai-gelu's or the erf form, instead of the fused "
                             "tanh-approximated bias-GeLU.")
@@ -242,7 +272,15 @@ def _add_data_args(parser):
     group.add_argument("--mask-prob", type=float, default=0.15, help="Probability of masking a token (BERT/T5).")
     group.add_argument("--short-seq-prob", type=float, default=0.1, help="Probability of a shorter sample (BERT/T5).")
     group.add_argument("--data-impl", "--dataset-impl", default="infer", dest="data_impl",
-                       choices=["lazy", "cached", "mmap", "infer"], help="Indexed dataset reader.")
+                       choices=["lazy", "cached", "mmap", "infer", "tfrecord"],
+                       help="Indexed dataset reader; tfrecord: MLPerf BERT TFRecords (pretrain_bert.py), "
+                            "--data-path globs of training files, --valid-data-path the eval file(s).")
+    group.add_argument("--tfrecord-index-dir", default=None,
+                       help="DALI index files of the TFRecords (<dir>/[train/|eval/]<name>.idx, as "
+                            "tools/make_idx.py writes them); missing ones are built and saved there.")
+    group.add_argument("--tfrecord-shuffle-buffer", type=int, default=10000,
+                       help="Records in the seeded shuffle buffer of each rank's training stream "
+                            "(DALI's initial_fill); 1 reads in file order.")
     group.add_argument("--data-cache-path", default=None, help="Directory for dataset index caches.")
     group.add_argument("--reset-position-ids", action="store_true", help="Restart position ids after each EOD.")
     group.add_argument("--reset-attention-mask", action="store_true", help="Block attention across EOD tokens.")

@@ -157,6 +157,23 @@ def _fold_deprecated(args) -> None:
     if "use_rotary_position_embeddings" in vars(args):
         delattr(args, "use_rotary_position_embeddings")
 
+    # --no-position-embedding: implied by rope, otherwise no position information at all.
+    if not getattr(args, "add_position_embedding", True):
+        if _given(args, "position_embedding_type") and args.position_embedding_type == "learned_absolute":
+            raise ValueError("--no-position-embedding contradicts --position-embedding-type learned_absolute")
+        if args.position_embedding_type == "learned_absolute":
+            args.position_embedding_type = "none"
+    if "add_position_embedding" in vars(args):
+        delattr(args, "add_position_embedding")
+    # --norm-epsilon (megatron-core) and --layernorm-epsilon name the same value.
+    norm_epsilon = getattr(args, "norm_epsilon", None)
+    if norm_epsilon is not None:
+        if _given(args, "layernorm_epsilon") and args.layernorm_epsilon != norm_epsilon:
+            raise ValueError(f"--norm-epsilon {norm_epsilon} contradicts --layernorm-epsilon {args.layernorm_epsilon}")
+        args.layernorm_epsilon = norm_epsilon
+    if "norm_epsilon" in vars(args):
+        delattr(args, "norm_epsilon")
+
 
 def _require(args, *names) -> None:
     for name in names:
@@ -225,13 +242,34 @@ def _validate_model(args) -> None:
     if args.num_attention_heads % tp != 0:
         raise ValueError(f"--num-attention-heads {args.num_attention_heads} is not divisible by "
                          f"--tensor-model-parallel-size {tp}")
+    if getattr(args, "group_query_attention", False):
+        if args.num_query_groups is None:
+            args.num_query_groups = 1
+        _positive(args, "num_query_groups")
+        if args.num_attention_heads % args.num_query_groups != 0:
+            raise ValueError(f"--num-attention-heads {args.num_attention_heads} is not divisible by "
+                             f"--num-query-groups {args.num_query_groups}")
+        if args.num_query_groups % tp != 0:
+            raise ValueError(f"--num-query-groups {args.num_query_groups} is not divisible by "
+                             f"--tensor-model-parallel-size {tp} (each rank holds whole key/value groups)")
+    elif getattr(args, "num_query_groups", None) is not None:
+        raise ValueError(f"--num-query-groups {args.num_query_groups} needs --group-query-attention")
+    else:
+        args.num_query_groups = args.num_attention_heads
     if args.kv_channels is None:
         if args.hidden_size % args.num_attention_heads != 0:
             raise ValueError(f"--hidden-size {args.hidden_size} is not divisible by --num-attention-heads "
                              f"{args.num_attention_heads} (or give --kv-channels)")
         args.kv_channels = args.hidden_size // args.num_attention_heads
     if args.ffn_hidden_size is None:
-        args.ffn_hidden_size = 4 * args.hidden_size
+        if args.swiglu:
+            # Two input projections: 2/3 of 4h keeps the parameter count of the 4h GeLU MLP (Megatron's rule).
+            args.ffn_hidden_size = int((4 * args.hidden_size * 2 / 3) / 64) * 64
+            if args.ffn_hidden_size < 1:
+                raise ValueError(f"--swiglu with --hidden-size {args.hidden_size} gives no MLP width; "
+                                 "give --ffn-hidden-size")
+        else:
+            args.ffn_hidden_size = 4 * args.hidden_size
     if args.ffn_hidden_size % tp != 0:
         raise ValueError(f"--ffn-hidden-size {args.ffn_hidden_size} is not divisible by "
                          f"--tensor-model-parallel-size {tp}")
@@ -242,6 +280,14 @@ def _validate_model(args) -> None:
         raise ValueError(f"--rotary-percent {args.rotary_percent} must lie in (0, 1]")
     if _given(args, "rotary_percent") and args.position_embedding_type != "rope":
         raise ValueError("--rotary-percent needs --position-embedding-type rope")
+    if _given(args, "rotary_base") and args.position_embedding_type != "rope":
+        raise ValueError("--rotary-base needs --position-embedding-type rope")
+    if args.rotary_base <= 0:
+        raise ValueError(f"--rotary-base {args.rotary_base:g} must be positive")
+    rotated = int(args.kv_channels * args.rotary_percent)
+    if args.position_embedding_type == "rope" and (rotated % 2 != 0 or rotated == 0):
+        raise ValueError(f"--rotary-percent {args.rotary_percent} x kv channels {args.kv_channels} must give an even "
+                         "number of rotated channels")
 
     # Sequence lengths: --seq-length and --encoder-seq-length name the same thing.
     if args.seq_length is not None and args.encoder_seq_length is not None and args.seq_length != args.encoder_seq_length:
@@ -496,6 +542,15 @@ def _validate_logging_and_data(args) -> None:
                          "legacy (lazy/cached) files with tools/preprocess_data.py or read them with "
                          "megatron.core.datasets.indexed_dataset.make_dataset")
     separate = [name for name in ("train_data_path", "valid_data_path", "test_data_path") if getattr(args, name, None)]
+    if args.data_impl == "tfrecord":
+        # MLPerf BERT TFRecords: --data-path is the training files, --valid/--test-data-path the held-out ones.
+        if args.train_data_path:
+            raise ValueError("--data-impl tfrecord reads training files from --data-path, not --train-data-path")
+        if args.tfrecord_shuffle_buffer < 1:
+            raise ValueError(f"--tfrecord-shuffle-buffer {args.tfrecord_shuffle_buffer} must be >= 1")
+        separate = []
+    elif _given(args, "tfrecord_index_dir") or _given(args, "tfrecord_shuffle_buffer"):
+        raise ValueError("--tfrecord-index-dir and --tfrecord-shuffle-buffer need --data-impl tfrecord")
     if separate and args.data_path:
         raise ValueError(f"--data-path cannot be combined with {', '.join(_flag(n) for n in separate)}: give one "
                          "blend to split, or separate paths")
@@ -576,7 +631,11 @@ def core_transformer_config_from_args(args):
         apply_residual_connection_post_layernorm=args.apply_residual_connection_post_layernorm,
         openai_gelu=args.openai_gelu, bias_gelu_fusion=args.bias_gelu_fusion,
         bias_dropout_fusion=args.bias_dropout_fusion, masked_softmax_fusion=args.masked_softmax_fusion,
+        persist_layer_norm=args.persist_layer_norm,
         position_embedding_type=args.position_embedding_type, rotary_percent=args.rotary_percent,
+        rotary_base=args.rotary_base, num_query_groups=args.num_query_groups, swiglu=args.swiglu,
+        normalization=args.normalization, add_bias_linear=args.add_bias_linear,
+        untie_embeddings_and_output_weights=args.untie_embeddings_and_output_weights,
         params_dtype=args.params_dtype, fp32_residual_connection=args.fp32_residual_connection,
         sequence_parallel=args.sequence_parallel, recompute_granularity=args.recompute_granularity,
         recompute_method=args.recompute_method, recompute_num_layers=args.recompute_num_layers,

@@ -49,6 +49,24 @@ def _build_chunks(model_provider: Callable, model_type, pg) -> List[torch.nn.Mod
     return [model_provider(pre_process=pre_process, post_process=post_process)]
 
 
+def compile_transformer_layers(module: torch.nn.Module, backend: str = "inductor") -> int:
+    """``torch.compile`` every transformer layer of ``module`` in place (``nn.Module.compile``: parameter
+    names, state dicts and hooks stay as they are); returns how many were compiled.
+
+    Layers rather than the whole chunk: pipeline stages, recompute (``--recompute-granularity``
+    wraps whole layers in a checkpoint that calls the compiled forward) and the schedules stay
+    eager Python, and every layer of a model shares one compiled graph. Under tensor parallelism the
+    collectives of the parallel linears are the graph's only break points."""
+    from megatron.core.transformer.layer import TransformerLayer
+
+    count = 0
+    for layer in module.modules():
+        if isinstance(layer, TransformerLayer):
+            layer.compile(backend=backend)
+            count += 1
+    return count
+
+
 def get_model(model_provider: Callable, model_type, args, pg, wrap_with_ddp: bool = True) -> List[torch.nn.Module]:
     """This rank's model chunks, on the initialised device, wrapped for fp16/bf16 and data parallelism."""
     chunks = _build_chunks(model_provider, model_type, pg)
@@ -61,6 +79,14 @@ def get_model(model_provider: Callable, model_type, args, pg, wrap_with_ddp: boo
               f"({pg.tp_rank}, {pg.pp_rank}): {count}", flush=True)
     device = get_device()
     chunks = [chunk.to(device) for chunk in chunks]
+    if getattr(args, "torch_compile", False):
+        from megatron.core.fusions import set_cpu_fusion_mode
+
+        # Fused ops outside the compiled layers (e.g. the final layer norm) use their compiled form.
+        set_cpu_fusion_mode("compiled", args.torch_compile_backend)
+        count = sum(compile_transformer_layers(chunk, args.torch_compile_backend) for chunk in chunks)
+        print_rank_0(f"> torch.compile (backend {args.torch_compile_backend}): {count} transformer layers per "
+                     f"rank compile at their first forward; the compile time is logged after the first iteration")
     if args.fp16 or args.bf16:
         from megatron.core.distributed import Float16Module
 

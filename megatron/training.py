@@ -6,7 +6,6 @@ data-parallel rank through the pipeline schedule, one optimizer step, and a sche
 of three stop flags -- NaN loss, SIGTERM received, time budget used -- so that every rank
 leaves the loop at the same iteration and a save (which is collective) never deadlocks.
 """
-import math
 import signal
 import sys
 import time
@@ -18,6 +17,7 @@ import torch.distributed as dist
 
 from megatron.core import parallel_state
 from megatron.core.pipeline_parallel import get_forward_backward_func
+from megatron.errors import debug_enabled, input_errors_in_one_line, is_distributed_error
 from megatron.initialize import distributed_failure, get_device, initialize_megatron
 from megatron.model_setup import build_train_valid_test_data_iterators, data_parallel_group, setup_model_and_optimizer
 from megatron.training_log import TrainingLogger, print_on_rank_0, validation_line, write_validation
@@ -28,21 +28,9 @@ _SIGNAL_RECEIVED = False
 # What the loop is doing, named in the message when a collective fails.
 _PHASE = "start-up"
 
-_DISTRIBUTED_ERROR_MARKS = ("gloo", "nccl", "connection closed", "connection reset", "timed out", "timeout",
-                            "broken pipe")
-
-
 def _set_phase(text: str) -> None:
     global _PHASE
     _PHASE = text
-
-
-def _is_distributed_error(exc: BaseException) -> bool:
-    dist_error = getattr(dist, "DistError", None)
-    if dist_error is not None and isinstance(exc, dist_error):
-        return True
-    text = str(exc).lower()
-    return isinstance(exc, RuntimeError) and any(mark in text for mark in _DISTRIBUTED_ERROR_MARKS)
 
 
 def _on_sigterm(signum, frame):
@@ -60,19 +48,21 @@ def pretrain(train_valid_test_dataset_provider: Callable, model_provider: Callab
     """
     global _START_TIME
     _START_TIME = time.time()
-    args = initialize_megatron(extra_args_provider, args_defaults, argv=argv)
-    if getattr(args, "dry_run", False):
-        from megatron.dry_run import run_dry_run
+    with input_errors_in_one_line():
+        args = initialize_megatron(extra_args_provider, args_defaults, argv=argv)
+        if getattr(args, "dry_run", False):
+            from megatron.dry_run import run_dry_run
 
-        run_dry_run(args, model_type)
-        return None
-    try:
-        return _pretrain(args, train_valid_test_dataset_provider, model_provider, model_type, forward_step_func)
-    except Exception as exc:  # noqa: BLE001 -- only distributed failures are turned into a clean exit
-        if dist.is_initialized() and dist.get_world_size() > 1 and _is_distributed_error(exc):
-            traceback.print_exc(file=sys.stderr)
-            distributed_failure(exc, _PHASE)
-        raise
+            run_dry_run(args, model_type)
+            return None
+        try:
+            return _pretrain(args, train_valid_test_dataset_provider, model_provider, model_type, forward_step_func)
+        except Exception as exc:  # noqa: BLE001 -- only distributed failures are turned into a clean exit
+            if dist.is_initialized() and dist.get_world_size() > 1 and is_distributed_error(exc):
+                if debug_enabled():
+                    traceback.print_exc(file=sys.stderr)
+                distributed_failure(exc, _PHASE)
+            raise
 
 
 def _pretrain(args, train_valid_test_dataset_provider, model_provider, model_type, forward_step_func):
@@ -183,8 +173,9 @@ def _average_grads_over_data_parallel(chunks, pg) -> None:
         grad.copy_(averaged)
 
 
-def _reduce_losses(losses_reduced: List[Dict[str, torch.Tensor]], pg) -> Dict[str, float]:
-    """Mean over micro-batches, then over data-parallel ranks (last pipeline stage only)."""
+def _reduce_losses(losses_reduced: List[Dict[str, torch.Tensor]], pg, to_host: bool = True) -> Dict[str, float]:
+    """Mean over micro-batches, then over data-parallel ranks (last pipeline stage only); with
+    ``to_host=False`` the values stay 0-d device tensors (read back only when logged)."""
     if not losses_reduced:
         return {}
     keys = sorted(losses_reduced[0])
@@ -194,6 +185,8 @@ def _reduce_losses(losses_reduced: List[Dict[str, torch.Tensor]], pg) -> Dict[st
     if group is not None:
         dist.all_reduce(means, group=group)
         means /= pg.data_parallel_size
+    if not to_host:
+        return dict(zip(keys, means.unbind(0)))
     return {key: float(value) for key, value in zip(keys, means.cpu().tolist())}
 
 
@@ -201,7 +194,8 @@ def train_step(ctx: TrainingContext, data_iterator):
     """One global batch: forward/backward over micro-batches, then the optimizer step.
 
     Returns (loss_dict, skipped_iter, grad_norm, num_zeros_in_grad); loss_dict is empty off the
-    last pipeline stage.
+    last pipeline stage. Losses, norm and zero count are device tensors: the step itself never
+    waits for the device (the loop reads them at --log-interval).
     """
     from megatron.global_vars import get_num_microbatches
 
@@ -219,18 +213,19 @@ def train_step(ctx: TrainingContext, data_iterator):
         pg=ctx.pg, grad_scale_func=ctx.optimizer.scale_loss, finalize_model_grads_func=ctx.finalize_model_grads)
     timers("forward-backward", log_level=1).stop()
     timers("optimizer", log_level=1).start()
-    update_successful, grad_norm, num_zeros_in_grad = ctx.optimizer.step()
+    update_successful, grad_norm, num_zeros_in_grad = ctx.optimizer.step(sync=False)
     timers("optimizer", log_level=1).stop()
     if update_successful:
         increment = get_num_microbatches() * args.micro_batch_size * args.data_parallel_size
         ctx.scheduler.step(increment=increment)
-    return _reduce_losses(losses_reduced, ctx.pg), 0 if update_successful else 1, grad_norm, num_zeros_in_grad
+    return (_reduce_losses(losses_reduced, ctx.pg, to_host=False), 0 if update_successful else 1, grad_norm,
+            num_zeros_in_grad)
 
 
-def _stop_flags(ctx: TrainingContext, loss_dict: Dict[str, float]) -> List[bool]:
+def _stop_flags(ctx: TrainingContext, nan_seen: bool) -> List[bool]:
     """[nan loss (bf16/fp32), SIGTERM received, time budget used], agreed by every rank."""
     args = ctx.args
-    nan = (not args.fp16) and any(not math.isfinite(v) for v in loss_dict.values())
+    nan = (not args.fp16) and nan_seen
     time_up = bool(args.exit_duration_in_mins) and (time.time() - _START_TIME) / 60.0 > args.exit_duration_in_mins
     flags = torch.tensor([float(nan), float(_SIGNAL_RECEIVED), float(time_up)], device=get_device())
     if dist.is_initialized() and dist.get_world_size() > 1:
@@ -258,6 +253,7 @@ def train(ctx: TrainingContext, train_data_iterator, valid_data_iterator):
         chunk.train()
     logger = TrainingLogger(args, timers, ctx.writer)
     iteration = args.iteration
+    first_iteration = iteration + 1
     interval_start = time.time()
     update_num_microbatches(args.consumed_train_samples, consistency_check=False)
 
@@ -277,18 +273,28 @@ def train(ctx: TrainingContext, train_data_iterator, valid_data_iterator):
         logger.add(loss_dict, skipped_iter)
         params_norm = calc_params_l2_norm(ctx.model, ctx.pg) if args.log_params_norm else None
         line = logger.log(iteration, args.consumed_train_samples, ctx.scheduler.get_lr(), batch_size,
-                          float(ctx.optimizer.get_loss_scale()), grad_norm, num_zeros, params_norm,
+                          ctx.optimizer.get_loss_scale(), grad_norm, num_zeros, params_norm,
                           time.time() - interval_start, loss_dict)
-        if iteration % args.log_interval == 0:
+        if iteration == first_iteration and getattr(args, "torch_compile", False):
+            print_rank_0(f"torch.compile: first iteration took {time.time() - interval_start:.1f} s "
+                         f"(compilation of the transformer layers included)")
+        logged = iteration % args.log_interval == 0
+        if logged:
             print_on_rank_0(line if _is_last_rank() else None)
             timers.log(["forward-backward", "optimizer"], normalizer=args.log_interval)
             interval_start = time.time()
 
-        nan, signalled, time_up = _stop_flags(ctx, loss_dict)
+        # The stop flags are agreed at logged iterations (the NaN check reads the losses, which
+        # stay on the device in between), and every iteration only when a SIGTERM handler or a
+        # time budget is configured.
+        nan = signalled = time_up = False
+        if logged or args.exit_signal_handler or args.exit_duration_in_mins:
+            nan, signalled, time_up = _stop_flags(ctx, logged and logger.nan_in_last_interval)
         if nan:
-            print_on_rank_0(f"ERROR: loss is NaN or infinite at iteration {iteration} "
-                            f"({', '.join(f'{k}={v}' for k, v in sorted(loss_dict.items()))}); stopping the run"
-                            if _is_last_rank() else None)
+            print_on_rank_0(f"ERROR: loss is NaN or infinite at iteration {iteration} or in the "
+                            f"--log-interval {args.log_interval} iterations before it "
+                            f"({', '.join(f'{k}={float(v)}' for k, v in sorted(loss_dict.items()))}); "
+                            f"stopping the run" if _is_last_rank() else None)
             _finish_abnormally(2)
         if args.eval_interval and iteration % args.eval_interval == 0 and valid_data_iterator is not None \
                 and args.eval_iters > 0:

@@ -9,7 +9,7 @@ from typing import Dict, Optional
 import torch
 import torch.distributed as dist
 
-from megatron.utils import num_floating_point_operations, throughput
+from megatron.utils import flops_per_iteration_from_args, throughput
 
 
 def _last_rank() -> int:
@@ -42,22 +42,34 @@ class TrainingLogger:
         self.iterations = 0
         self.skipped = 0
         self.nan = 0
+        self.nan_on_device = 0
+        # Whether the interval that the last line closed saw a NaN/inf loss (the loop stops on it).
+        self.nan_in_last_interval = False
 
     def flops_per_iteration(self, batch_size: int) -> float:
-        args = self.args
-        recompute = (getattr(args, "recompute_granularity", None) == "full")
-        seq_length = args.seq_length or args.encoder_seq_length
-        return num_floating_point_operations(batch_size, seq_length, args.num_layers, args.hidden_size,
-                                             args.padded_vocab_size, recompute)
+        return flops_per_iteration_from_args(self.args, batch_size)
 
     def add(self, loss_dict: Dict[str, float], skipped_iter: int) -> None:
+        """Losses may be floats or device tensors; tensors are summed on the device and read back
+        only when a line or a TensorBoard scalar is written (no host synchronisation per step)."""
         self.iterations += 1
         self.skipped += skipped_iter
         for key, value in loss_dict.items():
-            if not math.isfinite(value):
+            if torch.is_tensor(value):
+                finite = torch.isfinite(value)
+                self.nan_on_device = (~finite).sum() + self.nan_on_device
+                if not skipped_iter:
+                    kept = torch.where(finite, value, torch.zeros_like(value))
+                    self.total_losses[key] = self.total_losses.get(key, 0.0) + kept
+            elif not math.isfinite(value):
                 self.nan += 1
             elif not skipped_iter:
                 self.total_losses[key] = self.total_losses.get(key, 0.0) + value
+
+    def _read_nan_count(self) -> None:
+        if torch.is_tensor(self.nan_on_device):
+            self.nan += int(self.nan_on_device.item())
+        self.nan_on_device = 0
 
     def log(self, iteration: int, consumed_samples: int, learning_rate: float, batch_size: int,
             loss_scale: float, grad_norm: Optional[float], num_zeros: Optional[int],
@@ -65,7 +77,12 @@ class TrainingLogger:
         """TensorBoard every --tensorboard-log-interval; the line every --log-interval. Returns the line."""
         args = self.args
         writer = self.writer
-        if writer is not None and iteration % args.tensorboard_log_interval == 0:
+        tensorboard_now = writer is not None and iteration % args.tensorboard_log_interval == 0
+        if tensorboard_now or iteration % args.log_interval == 0:
+            # Device values (losses, norms, the loss scale) are read back here, at logging time only.
+            loss_scale, grad_norm, num_zeros = (None if v is None else float(v) for v in (loss_scale, grad_norm, num_zeros))
+            loss_dict = {key: float(value) for key, value in loss_dict.items()}
+        if tensorboard_now:
             if getattr(args, "log_learning_rate_to_tensorboard", True):
                 writer.add_scalar("learning-rate", learning_rate, iteration)
                 writer.add_scalar("learning-rate vs samples", learning_rate, consumed_samples)
@@ -89,6 +106,9 @@ class TrainingLogger:
                                   normalizer=1.0, reset=False)
         if iteration % args.log_interval != 0:
             return None
+        self._read_nan_count()
+        self.nan_in_last_interval = self.nan > 0
+        self.total_losses = {key: float(value) for key, value in self.total_losses.items()}
         per_iteration = elapsed_seconds / max(self.iterations, 1)
         tflops, mfu = throughput(self.flops_per_iteration(batch_size), per_iteration, args.world_size,
                                  args.peak_flops_per_gpu or 0.0)

@@ -83,4 +83,11 @@ def vocab_parallel_cross_entropy(vocab_parallel_logits: torch.Tensor, target: to
     pg = pg if pg is not None else get_process_groups()
     if not 0.0 <= label_smoothing < 1.0:
         raise ValueError(f"label_smoothing must lie in [0, 1), got {label_smoothing}")
+    from megatron.core.fusions.select import use_triton
+
+    if use_triton(vocab_parallel_logits, enabled=True):
+        # Same function without fp32 copies of the logits (megatron/core/fusions/triton_cross_entropy.py).
+        from megatron.core.fusions.triton_cross_entropy import vocab_parallel_cross_entropy as triton_cross_entropy
+
+        return triton_cross_entropy(vocab_parallel_logits, target, label_smoothing, pg.tp, pg.tp_rank)
     return _VocabParallelCrossEntropy.apply(vocab_parallel_logits, target, label_smoothing, pg.tp, pg.tp_rank)
