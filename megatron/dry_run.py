@@ -3,7 +3,8 @@
 Nothing is allocated and no process is started, so a 1,024-rank layout can be checked on a
 laptop. Parameter counts are exact for the models in ``megatron/core/models`` (padded vocab,
 learned position embeddings, BERT's token types and heads, the copy of the tied word embedding
-on the last pipeline stage). Memory is an estimate:
+on the last pipeline stage or GPT's untied output layer; grouped-query attention, SwiGLU, RMSNorm
+and bias-free linears). Memory is an estimate:
 
 - weights and gradients: parameters of the rank x bytes of their dtype (gradients in fp32 with
   ``--accumulate-allreduce-grads-in-fp32``, forced by ``--bf16``);
@@ -13,7 +14,9 @@ on the last pipeline stage). Memory is an estimate:
 - activations: Korthikanti et al. 2022, per layer and micro-batch with 16-bit activations
   ``s*b*h*(34 + 5*a*s/h)`` bytes, of which ``10*s*b*h`` stays whole on every tensor-parallel
   rank without sequence parallelism (``s*b*h*(10 + 24/t + 5*a*s/(h*t))``), everything ``/t``
-  with it; selective recomputation drops the ``5*a*s/h`` term, full recomputation keeps only
+  with it. The 24 is ``4(p + g)/h`` for Q, K, V and the projection input (p query and g key
+  channels: 8 with multi-head attention) plus ``4f/h`` for the MLP's input to and output of
+  GeLU (16 at f = 4h), ``8f/h`` with SwiGLU (both halves, SiLU(gate) and the product); selective recomputation drops the ``5*a*s/h`` term, full recomputation keeps only
   each layer's input (``2*s*b*h``) plus one recomputed group. A stage holds as many micro-batches
   as the pipeline schedule has in flight on it; fp32 doubles every activation byte.
 """
@@ -54,13 +57,32 @@ class Stage:
     memory: Dict[str, float] = field(default_factory=dict)
 
 
-def _layer_params(h: int, p: int, f: int, decoder: bool) -> Params:
+def _widths(args) -> Tuple[int, int, int, int]:
+    """(hidden h, query channels p, key/value channels g, MLP width f)."""
+    p = args.kv_channels * args.num_attention_heads
+    g = args.kv_channels * (getattr(args, "num_query_groups", None) or args.num_attention_heads)
+    return args.hidden_size, p, g, args.ffn_hidden_size
+
+
+def _layer_params(args, decoder: bool) -> Params:
     """One transformer layer: fused QKV and MLP-in are column-parallel (weight and bias split), the
-    output projections row-parallel (weight split, bias whole), LayerNorms whole."""
-    params = Params(split=h * 3 * p + 3 * p + p * h + h * f + f + f * h, replicated=h + h + 2 * h + 2 * h)
+    output projections row-parallel (weight split, bias whole), norms whole (RMSNorm has no bias)."""
+    h, p, g, f = _widths(args)
+    bias = getattr(args, "add_bias_linear", True)
+    gated = 2 if getattr(args, "swiglu", False) else 1
+    norm = _norm_params(args)
+    params = Params(split=h * (p + 2 * g) + p * h + h * gated * f + f * h, replicated=2 * norm)
+    if bias:
+        params += Params(split=p + 2 * g + gated * f, replicated=2 * h)
     if decoder:
-        params += Params(split=h * p + p + h * 2 * p + 2 * p + p * h, replicated=h + 2 * h)
+        params += Params(split=h * p + h * 2 * p + p * h, replicated=norm)
+        if bias:
+            params += Params(split=3 * p, replicated=h)
     return params
+
+
+def _norm_params(args) -> int:
+    return args.hidden_size * (1 if getattr(args, "normalization", "LayerNorm") == "RMSNorm" else 2)
 
 
 def _embedding(args, h: int, vocab: int, tokentypes: int) -> Params:
@@ -96,10 +118,9 @@ def stage_parameters(args, model_name: str, pipeline_size: Optional[int] = None)
     """Parameters of every pipeline stage (all its model chunks and all its TP ranks together)."""
     pp = pipeline_size if pipeline_size is not None else args.pipeline_model_parallel_size
     split = args.pipeline_model_parallel_split_rank if pipeline_size is None else None
-    h, f, vocab = args.hidden_size, args.ffn_hidden_size, args.padded_vocab_size
-    p = args.kv_channels * args.num_attention_heads
-    final_norm = Params(replicated=2 * h)
-    encoder_layer, decoder_layer = _layer_params(h, p, f, False), _layer_params(h, p, f, True)
+    h, vocab = args.hidden_size, args.padded_vocab_size
+    final_norm = Params(replicated=_norm_params(args))
+    encoder_layer, decoder_layer = _layer_params(args, False), _layer_params(args, True)
     stages = []
     if model_name == "t5":
         if pp > 1 and split is None:
@@ -147,7 +168,9 @@ def stage_parameters(args, model_name: str, pipeline_size: Optional[int] = None)
             params += embedding
         if index == pp - 1:
             params += final_norm + head
-            if pp > 1:
+            if not bert and getattr(args, "untie_embeddings_and_output_weights", False):
+                params += Params(split=vocab * h)  # GPT's own output layer, on the last stage at any pp
+            elif pp > 1:
                 params += Params(split=vocab * h)
                 tied = vocab * h
         stages.append(Stage(index, {"layers": per_stage}, params, tied))
@@ -181,7 +204,9 @@ def _activation_bytes(args, seq: int, layers: float, in_flight: int) -> Tuple[fl
     scale = 2.0 if args.params_dtype.itemsize == 4 else 1.0
     sp = args.sequence_parallel
     attention = 5.0 * a * s / (h * t)
-    full = s * b * h * ((34.0 / t if sp else 10.0 + 24.0 / t) + attention)
+    _, p, g, f = _widths(args)
+    split = (4.0 * (p + g) + (8.0 if getattr(args, "swiglu", False) else 4.0) * f) / h  # 24 for GPT
+    full = s * b * h * (((10.0 + split) / t if sp else 10.0 + split / t) + attention)
     plain = full * layers * in_flight * scale
     granularity, method, group = recompute_setting(args)
     if granularity == "selective":
@@ -263,8 +288,11 @@ def format_plan(args, result: Dict) -> str:
         f"  batch: micro {args.micro_batch_size} x data-parallel {dp} x {args.num_micro_batches} micro-batches = "
         f"global {args.global_batch_size}"
         + (f" (ramp-up {' '.join(str(v) for v in args.rampup_batch_size)})" if args.rampup_batch_size else ""),
-        f"  model: {args.num_layers} layers, hidden {args.hidden_size}, {args.num_attention_heads} heads, "
-        f"ffn {args.ffn_hidden_size}, seq {args.seq_length}, padded vocab {args.padded_vocab_size}, "
+        f"  model: {args.num_layers} layers, hidden {args.hidden_size}, {args.num_attention_heads} heads"
+        + (f" in {args.num_query_groups} query groups"
+           if getattr(args, "num_query_groups", None) not in (None, args.num_attention_heads) else "")
+        + f", ffn {args.ffn_hidden_size}{' SwiGLU' if getattr(args, 'swiglu', False) else ''}, "
+        f"seq {args.seq_length}, padded vocab {args.padded_vocab_size}, "
         f"{str(args.params_dtype).replace('torch.', '')}",
         "  parameters per pipeline stage (all tensor-parallel ranks of the stage / one rank):",
     ]

@@ -76,18 +76,44 @@ def get_ltor_masks_and_position_ids(data: torch.Tensor, eod_token: Optional[int]
 
 
 def num_floating_point_operations(batch_size: int, seq_length: int, num_layers: int, hidden_size: int,
-                                  padded_vocab_size: int, recompute: bool) -> float:
-    """Megatron's FLOPs per iteration for a GPT-style model (Narayanan et al., 2021, eq. 3).
+                                  padded_vocab_size: int, recompute: bool, *, num_attention_heads: Optional[int] = None,
+                                  num_query_groups: Optional[int] = None, kv_channels: Optional[int] = None,
+                                  ffn_hidden_size: Optional[int] = None, swiglu: bool = False) -> float:
+    """Megatron's FLOPs per iteration for a GPT-style model (Narayanan et al., 2021, eq. 3), generalised
+    to grouped-query attention, any head size and MLP width, and SwiGLU.
 
-    One layer's forward matrix multiplies cost ``24 B s h^2 + 4 B s^2 h`` FLOPs (QKV, scores,
-    attention over values, projection, 4h MLP; 2 FLOPs per multiply-add) and the logits
-    ``2 B s h V``. Backward costs twice the forward, so one iteration is 3 forward passes,
-    4 with full recomputation:
-    ``24 * passes * B s L h^2 (1 + s / 6h + V / 16 L h)``, i.e. 96 B s L h^2 (...) with recompute.
+    Forward matrix multiplies of one layer, 2 FLOPs per multiply-add, with ``p = heads x kv_channels``
+    query channels and ``g = groups x kv_channels`` key (and value) channels:
+    QKV ``2 B s h (p + 2g)``, scores and attention over values ``4 B s^2 p``, output projection
+    ``2 B s p h``, MLP ``2 B s h f (2 with SwiGLU: gate and up) + 2 B s f h``; logits ``2 B s h V``.
+    Backward costs twice the forward, so one iteration is 3 forward passes of the layers, 4 with
+    full recomputation; the logits are never recomputed (3 passes). With the defaults (p = g = h,
+    f = 4h, GeLU) and recomputation this is the paper's ``96 B s L h^2 (1 + s / 6h + V / 16 L h)``.
+    (Megatron-LM's code scaled the logits term by 3/4 without recomputation; here they count in full.)
     """
     passes = 4 if recompute else 3
-    return (24 * passes * batch_size * seq_length * num_layers * hidden_size ** 2
-            * (1.0 + seq_length / (6.0 * hidden_size) + padded_vocab_size / (16.0 * num_layers * hidden_size)))
+    h, s = hidden_size, seq_length
+    if num_attention_heads is None:
+        query = key = h
+    else:
+        channels = kv_channels if kv_channels is not None else h // num_attention_heads
+        query = num_attention_heads * channels
+        key = (num_query_groups if num_query_groups is not None else num_attention_heads) * channels
+    ffn = ffn_hidden_size if ffn_hidden_size is not None else 4 * h
+    per_token_layer = (2 * h * (query + 2 * key) + 4 * s * query + 2 * query * h
+                       + 2 * h * ffn * (2 if swiglu else 1) + 2 * ffn * h)
+    logits = 2 * h * padded_vocab_size
+    return float(batch_size * s * (passes * num_layers * per_token_layer + 3 * logits))
+
+
+def flops_per_iteration_from_args(args, batch_size: int) -> float:
+    """``num_floating_point_operations`` for validated training ``args`` (GQA, SwiGLU, head size, MLP width)."""
+    return num_floating_point_operations(
+        batch_size, args.seq_length or args.encoder_seq_length, args.num_layers, args.hidden_size,
+        args.padded_vocab_size, getattr(args, "recompute_granularity", None) == "full",
+        num_attention_heads=getattr(args, "num_attention_heads", None), num_query_groups=getattr(args, "num_query_groups", None),
+        kv_channels=getattr(args, "kv_channels", None), ffn_hidden_size=getattr(args, "ffn_hidden_size", None),
+        swiglu=bool(getattr(args, "swiglu", False)))
 
 
 def throughput(flops_per_iteration: float, seconds_per_iteration: float, world_size: int,
