@@ -252,7 +252,8 @@ def _validate_model(args) -> None:
         if args.num_query_groups % tp != 0:
             raise ValueError(f"--num-query-groups {args.num_query_groups} is not divisible by "
                              f"--tensor-model-parallel-size {tp} (each rank holds whole key/value groups)")
-    elif getattr(args, "num_query_groups", None) is not None:
+    elif getattr(args, "num_query_groups", None) not in (None, args.num_attention_heads):
+        # (Equal to the heads is what validation sets without grouping, so re-validating is harmless.)
         raise ValueError(f"--num-query-groups {args.num_query_groups} needs --group-query-attention")
     else:
         args.num_query_groups = args.num_attention_heads
