@@ -252,6 +252,14 @@ def _add_validation_args(parser):
     group.add_argument("--eval-interval", type=int, default=1000, help="Iterations between evaluations.")
 
 
+class _JoinedSplit(argparse.Action):
+    """``--split 969, 30, 1`` written unquoted (three shell words, as Megatron prints its default) is
+    the same string as ``--split '969, 30, 1'``."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, " ".join(values))
+
+
 def _add_data_args(parser):
     group = parser.add_argument_group(title="data and dataloader")
     group.add_argument("--data-path", nargs="*", default=None,
@@ -260,7 +268,8 @@ def _add_data_args(parser):
                        help="Training dataset(s), instead of splitting --data-path.")
     group.add_argument("--valid-data-path", nargs="*", default=None, help="Validation dataset(s).")
     group.add_argument("--test-data-path", nargs="*", default=None, help="Test dataset(s).")
-    group.add_argument("--split", default="969, 30, 1", help="Train, valid, test weights, e.g. '949,50,1'.")
+    group.add_argument("--split", default="969, 30, 1", nargs="+", action=_JoinedSplit,
+                       help="Train, valid, test weights, e.g. '949,50,1' (also unquoted with spaces: 969, 30, 1).")
     group.add_argument("--vocab-file", default=None, help="Vocabulary file.")
     group.add_argument("--merge-file", default=None, help="BPE merge file.")
     group.add_argument("--vocab-extra-ids", type=int, default=0, help="Sentinel tokens to add (T5: 100).")

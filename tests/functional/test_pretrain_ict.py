@@ -10,7 +10,8 @@ from test_training_lib import demo_data, parse_iterations, run_script
 
 SIZES = ["--num-layers", "2", "--num-attention-heads", "4", "--hidden-size", "32", "--seq-length", "64",
          "--max-position-embeddings", "64"]
-SMALL = ["--split", "90,8,2", "--log-interval", "1", "--eval-iters", "1", "--distributed-backend", "gloo"]
+LOGGING = ["--log-interval", "1", "--eval-iters", "1", "--distributed-backend", "gloo"]
+SMALL = ["--split", "90,8,2", *LOGGING]
 
 
 def _vocab() -> str:
@@ -31,7 +32,8 @@ def bert_checkpoint(tmp_path_factory):
 
 
 def seed_command(bert: str, ict: str, train_iters: int, *extra: str):
-    """The seed's pretrain_ict.py command line, sizes scaled down."""
+    """The seed's pretrain_ict.py command line, sizes scaled down. It gives no --split: Megatron's
+    default "969, 30, 1" leaves the demo corpus (391 documents) no test document."""
     data = demo_data()
     return SIZES + [
         "--batch-size", "8", "--ict-head-size", "16", "--train-iters", str(train_iters),
@@ -39,7 +41,7 @@ def seed_command(bert: str, ict: str, train_iters: int, *extra: str):
         "--data-path", f"{data}/bert_text_sentence", "--titles-data-path", f"{data}/bert_title_sentence",
         "--vocab-file", _vocab(), "--lr", "1e-4", "--num-workers", "2", "--lr-decay-style", "linear",
         "--weight-decay", "1e-2", "--clip-grad", "1.0", "--warmup", ".01", "--save-interval", "2",
-        "--query-in-block-prob", "0.1", "--fp16", *SMALL, *extra]
+        "--query-in-block-prob", "0.1", "--fp16", *LOGGING, *extra]
 
 
 def test_seed_command_trains_from_bert_reports_topk_and_resumes(bert_checkpoint, tmp_path):
@@ -49,6 +51,11 @@ def test_seed_command_trains_from_bert_reports_topk_and_resumes(bert_checkpoint,
     # The first run stops at iteration 2 (saved); the same command then resumes to iteration 4.
     first = run_script("pretrain_ict.py", seed_command(bert_checkpoint, ict, 4, *extra, "--exit-interval", "2")).stdout
     assert f"from the BERT checkpoint {bert_checkpoint}" in first
+    # The empty test split is skipped with one warning (as Megatron-LM does), not an error.
+    data = demo_data()
+    assert [line for line in first.splitlines() if "WARNING" in line and "split" in line] == [
+        f"WARNING: {data}/bert_text_sentence: the test split of --split 969, 30, 1 is empty (0 of 391 documents): "
+        "test evaluation is skipped"]
     lines = parse_iterations(first)
     assert sorted(lines) == [1, 2]
     for fields in lines.values():
@@ -59,7 +66,10 @@ def test_seed_command_trains_from_bert_reports_topk_and_resumes(bert_checkpoint,
                             r"top1_acc value: (\S+) \| .*top5_acc value: (\S+) \|", first)
     assert validation and all(0.0 <= float(v) <= 100.0 for pair in validation for v in pair)
 
-    second = run_script("pretrain_ict.py", seed_command(bert_checkpoint, ict, 4, *extra)).stdout
+    # The same split written unquoted, as Megatron prints its default: three shell words.
+    second = run_script("pretrain_ict.py", seed_command(bert_checkpoint, ict, 4, *extra,
+                                                        "--split", "969,", "30,", "1")).stdout
+    assert "the test split of --split 969, 30, 1 is empty" in second
     assert f"--load {ict} holds a checkpoint: resuming from it, --bert-load not used" in second
     assert "from the BERT checkpoint" not in second
     assert sorted(parse_iterations(second)) == [3, 4]

@@ -48,14 +48,42 @@ def gpt_prefixes(tmp_path_factory):
     return str(root / "a"), str(root / "b")
 
 
-def test_single_prefix_split_and_empty_split_error(gpt_prefixes):
+def test_single_prefix_split_and_empty_split_error(gpt_prefixes, capsys):
     a, _ = gpt_prefixes
     config = DatasetConfig("gpt", seq_length=16, seed=3, split="90,10,0")
     train, valid, test = build_train_valid_test_datasets(config, [100, 20, 0], data_path=[a])
     assert isinstance(train, GPTDataset) and test is None
     assert set(np.unique(train.doc_idx)) <= set(range(54)) and set(np.unique(valid.doc_idx)) <= set(range(54, 60))
-    with pytest.raises(ValueError, match="test split of --split 90,10,0 is empty"):
-        build_train_valid_test_datasets(config, [100, 20, 5], data_path=[a])
+    assert "WARNING" not in capsys.readouterr().out
+    # An empty held-out split is skipped with one warning, as Megatron-LM does ...
+    train, valid, test = build_train_valid_test_datasets(config, [100, 20, 5], data_path=[a])
+    assert isinstance(train, GPTDataset) and isinstance(valid, GPTDataset) and test is None
+    warnings = [line for line in capsys.readouterr().out.splitlines() if "WARNING" in line]
+    assert warnings == [f"WARNING: {a}: the test split of --split 90,10,0 is empty (0 of 60 documents): "
+                        "test evaluation is skipped"]
+    # ... "969, 30, 1" (the default, spaces and all) leaves no test document in 60, nor in a few hundred.
+    default = DatasetConfig("gpt", seq_length=16, seed=3, split="969, 30, 1")
+    train, valid, test = build_train_valid_test_datasets(default, [100, 20, 5], data_path=[a])
+    assert isinstance(valid, GPTDataset) and test is None
+    assert "the test split of --split 969, 30, 1 is empty (0 of 60 documents)" in capsys.readouterr().out
+    # ... but an empty training split is an error.
+    with pytest.raises(ValueError, match="train split of --split 0,10,90 is empty"):
+        build_train_valid_test_datasets(DatasetConfig("gpt", seq_length=16, seed=3, split="0,10,90"),
+                                        [100, 20, 5], data_path=[a])
+
+
+def test_blend_leaves_out_a_dataset_whose_held_out_split_is_empty(gpt_prefixes, capsys):
+    a, b = gpt_prefixes
+    # 99,1,0: one validation document of a's 60, none of b's 30 (round(0.3) = 0).
+    config = DatasetConfig("gpt", seq_length=16, seed=3, split="99,1,0")
+    train, valid, test = build_train_valid_test_datasets(config, [200, 20, 4], data_path=["0.5", a, "0.5", b])
+    assert len(train) == 200 and np.bincount(train.dataset_index).tolist() == [100, 100]
+    assert len(valid) == 20 and set(valid.dataset_index.tolist()) == {0} and len(valid.datasets) == 1
+    assert test is None
+    out = capsys.readouterr().out
+    assert f"WARNING: {b}: the valid split of --split 99,1,0 is empty (0 of 30 documents): the valid blend " \
+           "leaves this dataset out" in out
+    assert "no dataset of the blend has a test split (--split 99,1,0): test evaluation is skipped" in out
 
 
 def test_weighted_blend_over_prefixes(gpt_prefixes):

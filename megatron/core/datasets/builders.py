@@ -9,6 +9,7 @@ import numpy as np
 
 from megatron.core.datasets.blended_dataset import BlendedDataset
 from megatron.core.datasets.token_range import check_token_ids
+from megatron.core.datasets.utils import log_rank_0
 from megatron.core.datasets.splits import (
     DEFAULT_SPLIT,
     SPLIT_NAMES,
@@ -117,16 +118,40 @@ def _num_units(config: DatasetConfig, indexed) -> int:
     return len(indexed.doc_idx) - 1
 
 
-def _split_datasets(config, prefix, split, nums, names, tokenizer, barrier_groups):
+def _split_bounds(config, prefix, split):
     indexed = open_indexed_dataset(prefix, config)
-    bounds = split_boundaries(split, _num_units(config, indexed))
-    # Checked for every split before any index is built, so a bad --split fails fast.
+    return indexed, split_boundaries(split, _num_units(config, indexed))
+
+
+def _empty_splits(prefix, split, bounds, nums, names, in_blend=False):
+    """Indices of the held-out splits that are asked for samples but hold no document (each
+    announced once); an empty training split is an error.
+
+    Megatron-LM skips the evaluation of an empty held-out split (``--split 969,30,1`` leaves no
+    test document in a corpus of a few hundred), so a run does that too: only the training
+    split, which nothing could replace, must hold documents."""
+    empty = set()
     for i in range(3):
-        if nums[i] and bounds[i + 1] <= bounds[i]:
-            raise ValueError(f"{prefix}: the {names[i]} split of --split {split} is empty "
-                             f"({bounds[-1]} documents) but {nums[i]} {names[i]} samples are needed")
-    return [_build_one(config, prefix, indexed, names[i], (bounds[i], bounds[i + 1]), nums[i],
-                       tokenizer, barrier_groups) for i in range(3)]
+        if not nums[i] or bounds[i + 1] > bounds[i]:
+            continue
+        if names[i] == "train":
+            raise ValueError(f"{prefix}: the train split of --split {split} is empty ({bounds[-1]} documents) "
+                             f"but {nums[i]} training samples are needed")
+        outcome = (f"the {names[i]} blend leaves this dataset out" if in_blend
+                   else f"{names[i]} evaluation is skipped")
+        log_rank_0(f"WARNING: {prefix}: the {names[i]} split of --split {split} is empty (0 of {bounds[-1]} "
+                   f"documents): {outcome}")
+        empty.add(i)
+    return empty
+
+
+def _split_datasets(config, prefix, split, nums, names, tokenizer, barrier_groups):
+    """The three splits of one dataset; an empty validation or test split is None (with a warning)."""
+    indexed, bounds = _split_bounds(config, prefix, split)
+    # Checked for every split before any index is built, so a bad --split fails fast.
+    empty = _empty_splits(prefix, split, bounds, nums, names)
+    return [_build_one(config, prefix, indexed, names[i], (bounds[i], bounds[i + 1]),
+                       0 if i in empty else nums[i], tokenizer, barrier_groups) for i in range(3)]
 
 
 def _dataset_tokens(prefix: str) -> int:
@@ -143,19 +168,27 @@ def _blend(config, data_path, split, nums, names, tokenizer, barrier_groups):
         # A bare prefix list weights each dataset by its number of tokens.
         tokens = np.array([_dataset_tokens(p) for p in prefixes], dtype=np.float64)
         weights = list(tokens / tokens.sum())
-    per_dataset = [blended_num_samples(n, weights) for n in nums]
-    parts = [
-        _split_datasets(config, prefix, split, [per_dataset[s][d] for s in range(3)], names,
-                        tokenizer, barrier_groups)
-        for d, prefix in enumerate(prefixes)
-    ]
+    opened = [_split_bounds(config, prefix, split) for prefix in prefixes]
+    empty = [_empty_splits(prefix, split, bounds, nums, names, in_blend=True)
+             for prefix, (_, bounds) in zip(prefixes, opened)]
     blends = []
     for s in range(3):
-        if nums[s] == 0:
+        # A dataset whose held-out split is empty gives the blend nothing: the others share its weight.
+        share = [0.0 if s in empty[d] else w for d, w in enumerate(weights)]
+        if nums[s] == 0 or sum(share) == 0:
+            if nums[s]:
+                log_rank_0(f"WARNING: no dataset of the blend has a {names[s]} split (--split {split}): "
+                           f"{names[s]} evaluation is skipped")
             blends.append(None)
             continue
-        datasets = [parts[d][s] for d in range(len(prefixes))]
-        kept = [(ds, w, p) for ds, w, p in zip(datasets, weights, prefixes) if ds is not None]
+        if share != list(weights):
+            share = [w / sum(share) for w in share]
+        kept = []
+        for d, (prefix, (indexed, bounds)) in enumerate(zip(prefixes, opened)):
+            count = blended_num_samples(nums[s], share)[d]
+            if share[d] > 0 and count > 0:
+                kept.append((_build_one(config, prefix, indexed, names[s], (bounds[s], bounds[s + 1]), count,
+                                        tokenizer, barrier_groups), share[d], prefix))
         blends.append(BlendedDataset(
             [k[0] for k in kept], [k[1] for k in kept], nums[s], name=names[s],
             descriptions=[f"{config.dataset_type}:{k[2]}:{names[s]}:{len(k[0])}" for k in kept],
