@@ -9,7 +9,7 @@ output can be checked against what was put in:
 * exact duplicates: a copy differing only in letter case, punctuation and spacing;
 * mojibake: UTF-8 text decoded as Windows-1252 (what ftfy repairs);
 * foreign-language documents, from paragraphs written for this purpose in six languages;
-* short documents (one sentence);
+* short documents (twelve words at most);
 * task text: an evaluation example pasted into the middle of a document.
 """
 import random
@@ -129,7 +129,7 @@ def generate(sentences: Sequence[str], num_docs: int, seed: int = 0, noise: Opti
             text = " ".join(rng.sample(foreign, 4))
             manifest.foreign.append(url)
         elif roll < (cut := cut + noise.short):
-            text = rng.choice(sentences)
+            text = " ".join(rng.choice(sentences).split()[:12])
             manifest.short.append(url)
         elif task_texts and roll < (cut := cut + noise.task_text):
             planted = rng.choice(task_texts)

@@ -52,7 +52,9 @@ class UrlFilter:
             host = (parts.hostname or "").lower()
         except ValueError:
             return "malformed"
-        if not host or "." not in host or " " in url:
+        tld = host.rsplit(".", 1)[-1]
+        # A host needs a dot and a top-level domain of two or more letters (or be an IPv4 address).
+        if " " in url or "." not in host or not ((len(tld) >= 2 and tld.isalpha()) or host.replace(".", "").isdigit()):
             return "malformed"
         if host.startswith("www."):
             host = host[4:]

@@ -1,0 +1,130 @@
+"""tools/openwebtext end to end: the CLIs chained on a small noisy corpus whose planted defects
+are known (manifest.json), bad input reported in one line, and (slow) examples/clean_corpus.sh."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from megatron.preprocessing.webtext import ngrams
+from megatron.preprocessing.webtext.minhash import jaccard, shingle_set
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TOOLS = os.path.join(REPO, "tools", "openwebtext")
+LAMBADA = os.path.join(REPO, "tests", "data", "lambada_sample.jsonl")
+
+
+def run(tool, *args, check=True):
+    result = subprocess.run([sys.executable, os.path.join(TOOLS, tool), *map(str, args)], capture_output=True,
+                            text=True, timeout=300)
+    if check:
+        assert result.returncode == 0, f"{tool} failed:\n{result.stderr[-3000:]}"
+    return result
+
+
+def load(path):
+    with open(path, encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def test_chain_on_noisy_corpus(tmp_path):
+    raw = tmp_path / "raw"
+    run("make_noisy_corpus.py", "--output-dir", raw, "--num-docs", 400, "--seed", 7, "--task-file", LAMBADA)
+    manifest = json.loads((raw / "manifest.json").read_text())
+    corpus = load(raw / "corpus.json")
+    order = {r["url"]: i for i, r in enumerate(corpus)}
+
+    result = run("blacklist_urls.py", raw / "urls", tmp_path / "urls.txt")
+    urls = (tmp_path / "urls.txt").read_text().split()
+    assert len(urls) == len(corpus) and "duplicate" in result.stdout
+    assert not any("imgur" in u or u.endswith(".pdf") for u in urls)
+
+    run("exact_dedup.py", raw / "corpus.json", tmp_path / "exact.json", "--workers", 2)
+    exact = {r["url"] for r in load(tmp_path / "exact.json")}
+    assert all(a in exact and b not in exact for a, b in manifest["exact_duplicates"])
+
+    result = run("cleanup_dataset.py", tmp_path / "exact.json", tmp_path / "clean.json", "--min-tokens", 64,
+                 "--workers", 2)
+    clean = load(tmp_path / "clean.json")
+    clean_urls = {r["url"] for r in clean}
+    assert not clean_urls & set(manifest["foreign"]) and not clean_urls & set(manifest["short"])
+    fixed = [r for r in clean if r["url"] in set(manifest["mojibake"])]
+    assert fixed and not any("\u00e2\u20ac" in r["text"] for r in fixed)
+    assert len(clean) >= 0.8 * len(exact)  # English documents are kept
+
+    run("find_duplicates.py", "--inputs", tmp_path / "clean.json", "url", "--output", tmp_path / "pairs.json",
+        "--num-workers", 2, "--save-fingerprints", tmp_path / "fp.npz")
+    text = {r["url"]: r["text"] for r in clean}
+    shingles = {u: shingle_set(t, 5) for u, t in text.items()}
+    reported = [(a, b, s) for line in load(tmp_path / "pairs.json") for a, pairs in line.items() for b, s in pairs]
+    for a, b, similarity in reported:  # every reported pair is really similar
+        assert similarity >= 0.5 and abs(jaccard(shingles[a], shingles[b]) - similarity) < 1e-6
+    # Reusing the fingerprints gives the same pairs without re-reading the corpus for them.
+    run("find_duplicates.py", "--load-fingerprints", tmp_path / "fp.npz", "--output", tmp_path / "pairs2.json")
+    assert (tmp_path / "pairs2.json").read_text() == (tmp_path / "pairs.json").read_text()
+
+    run("group_duplicate_url.py", tmp_path / "pairs.json", tmp_path / "groups.json", 0.5)
+    run("remove_group_duplicates.py", tmp_path / "groups.json", tmp_path / "clean.json", tmp_path / "dedup.json")
+    dedup = {r["url"] for r in load(tmp_path / "dedup.json")}
+    planted = [(a, b) for a, b, _ in manifest["near_duplicates"]
+               if a in shingles and b in shingles and jaccard(shingles[a], shingles[b]) >= 0.5]
+    assert len(planted) >= 8
+    removed = sum(a in dedup and b not in dedup for a, b in planted)
+    assert removed / len(planted) >= 0.85
+
+    result = run("filter_ngrams.py", "--tasks", "lambada", "--lambada-path", LAMBADA, "--dedup-dataset",
+                 tmp_path / "dedup.json", "text", "--output", tmp_path / "final.json", "--num-threads", 2)
+    final = load(tmp_path / "final.json")
+    task_grams = set()
+    for sample in ngrams.task_texts("lambada", [LAMBADA]):
+        w = ngrams.words(sample)
+        task_grams.update(" ".join(w[i:i + 13]) for i in range(len(w) - 12))
+    for record in final:
+        w = ngrams.words(record["text"])
+        assert not {" ".join(w[i:i + 13]) for i in range(len(w) - 12)} & task_grams
+    planted_tasks = [u for u in manifest["task_text"] if u in dedup]
+    assert planted_tasks and f"lambada (documents)  {len(planted_tasks):>12,}".split() == \
+        [line for line in result.stdout.splitlines() if "lambada (documents)" in line][0].split()
+    positions = [order[r["url"]] for r in final]
+    assert positions == sorted(positions)  # corpus order preserved through every step
+
+    # Shards merge back in order.
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    lines = (tmp_path / "final.json").read_text().splitlines(keepends=True)
+    (shards / "a.json").write_text("".join(lines[:50]))
+    (shards / "b.json").write_text("".join(lines[50:]))
+    run("merge_jsons.py", "--json_path", shards, "--output_file", tmp_path / "merged.json")
+    assert (tmp_path / "merged.json").read_text() == "".join(lines)
+
+
+def test_bad_input_is_one_line(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"text": "fine", "url": "a"}\n{"text": broken\n')
+    for tool, args in (("cleanup_dataset.py", [bad, tmp_path / "o.json"]),
+                       ("exact_dedup.py", [bad, tmp_path / "o.json"]),
+                       ("find_duplicates.py", ["--inputs", bad, "url", "--output", tmp_path / "o.json"]),
+                       ("filter_ngrams.py", ["--tasks", "lambada", "--lambada-path", LAMBADA,
+                                             "--dedup-dataset", bad, "text", "--output", tmp_path / "o.json"])):
+        result = run(tool, *args, check=False)
+        assert result.returncode == 1, (tool, result.stderr)
+        assert result.stderr.strip().count("\n") == 0 and f"{bad}:2: not JSON" in result.stderr, (tool, result.stderr)
+        assert not (tmp_path / "o.json").exists()  # nothing half-written is published
+    result = run("find_duplicates.py", "--inputs", bad, "--output", tmp_path / "o.json", check=False)
+    assert result.returncode == 1 and "pairs of <file> <id key>" in result.stderr
+    result = run("filter_ngrams.py", "--tasks", "race", "--dedup-dataset", bad, "text", "--output", "o", check=False)
+    assert result.returncode == 1 and "--tasks race needs --race-path" in result.stderr
+
+
+@pytest.mark.slow
+def test_clean_corpus_example(tmp_path):
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+    env = dict(os.environ, OUT_DIR=str(tmp_path / "out"), NUM_DOCS="2000", WORKERS="2")
+    result = subprocess.run(["bash", os.path.join(REPO, "examples", "clean_corpus.sh")], env=env,
+                            capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    final = load(tmp_path / "out" / "final.json")
+    dataset = IndexedDataset(str(tmp_path / "out" / "webtext_text_document"))
+    assert len(dataset) == len(final) and 1000 < len(final) < 2000
