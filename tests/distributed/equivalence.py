@@ -12,9 +12,9 @@ from typing import Callable, Dict, List
 import torch
 import torch.distributed as dist
 
+from megatron.checkpoint_tools.reshard import merge_tp, take_tp
 from megatron.core.parallel_state import ProcessGroups
 from megatron.core.pipeline_parallel import finalize_model_grads, get_forward_backward_func
-from megatron.core.tensor_parallel.mappings import all_gather_dim
 from megatron.core.transformer import TransformerLayer
 
 TIED_HEAD = "word_embeddings_for_head.weight"
@@ -41,8 +41,17 @@ def global_names(model: torch.nn.Module) -> Dict[str, str]:
 
 def _shard(full: torch.Tensor, param: torch.Tensor, pg: ProcessGroups) -> torch.Tensor:
     if getattr(param, "tensor_model_parallel", False):
-        return full.chunk(pg.tensor_model_parallel_size, dim=param.partition_dim)[pg.tp_rank]
+        # A strided parameter (SwiGLU's gate and up halves) splits each of its blocks over the ranks.
+        return take_tp(full, param.partition_dim, pg.tensor_model_parallel_size, pg.tp_rank,
+                       getattr(param, "partition_stride", 1))
     return full
+
+
+def gather_tp(tensor: torch.Tensor, param: torch.Tensor, pg: ProcessGroups) -> torch.Tensor:
+    """The full tensor of a tensor-parallel ``param``'s shard ``tensor`` (its value or gradient)."""
+    parts = [torch.empty_like(tensor) for _ in range(pg.tensor_model_parallel_size)]
+    dist.all_gather(parts, tensor.contiguous(), group=pg.tp)
+    return merge_tp(parts, param.partition_dim, getattr(param, "partition_stride", 1))
 
 
 def load_from_reference(chunks: List[torch.nn.Module], reference_state: Dict[str, torch.Tensor],
@@ -62,7 +71,7 @@ def gathered_grads(chunks: List[torch.nn.Module], pg: ProcessGroups, prefix: str
         for local, param in chunk.named_parameters():
             grad = param.grad if param.grad is not None else torch.zeros_like(param)
             if getattr(param, "tensor_model_parallel", False):
-                grad = all_gather_dim(grad, param.partition_dim, pg.tp)
+                grad = gather_tp(grad, param, pg)
             grads[prefix + names[local]] = grad.detach().clone()
     return grads
 
