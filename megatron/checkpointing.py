@@ -22,10 +22,13 @@ directory to ``iter_N.replaced`` for the instant between two renames, and the lo
 it if a kill landed in that instant. Ranks must share one file system, as with Megatron-LM.
 """
 import argparse
+import contextlib
+import errno
 import os
 import pickle
 import re
 import shutil
+import sys
 from typing import List, Optional, Tuple
 
 import torch
@@ -193,6 +196,35 @@ def publish_iteration_dir(partial_dir: str, final_dir: str) -> None:
         fsync_dir(parent)
 
 
+def _previous_checkpoint(save_dir: str) -> str:
+    try:
+        iteration, release = read_tracker(save_dir)
+    except (OSError, CheckpointError):
+        return "no earlier checkpoint is there"
+    return "the previous checkpoint (" + ("release" if release else f"iteration {iteration}") + ") is intact"
+
+
+@contextlib.contextmanager
+def _save_failure_explained(save_dir: str):
+    """A failed or interrupted write names the directory, the cause and what is still safe, rather
+    than torch's zip writer's "unexpected pos 4637760 vs 4637648" (its words for a full disk)."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        print(f"checkpoint save to {save_dir} interrupted; {_previous_checkpoint(save_dir)}", file=sys.stderr,
+              flush=True)
+        raise
+    except (OSError, RuntimeError) as error:
+        if isinstance(error, OSError) and error.strerror:
+            reason = error.strerror.lower()
+        elif shutil.disk_usage(save_dir).free < (1 << 20):
+            reason = os.strerror(errno.ENOSPC).lower()
+        else:
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CheckpointError(f"checkpoint save to {save_dir} failed: {reason}; "
+                              f"{_previous_checkpoint(save_dir)}") from error
+
+
 def save_checkpoint(iteration: int, model_chunks, optimizer, opt_param_scheduler, args, pg=None) -> None:
     """Save model, optimizer, scheduler and RNG state for ``iteration`` under ``args.save``; every rank calls it."""
     if not getattr(args, "save", None):
@@ -219,7 +251,6 @@ def save_checkpoint(iteration: int, model_chunks, optimizer, opt_param_scheduler
     rank_dir = os.path.join(partial_dir, _rank_dirname(pg.tp_rank, pg.pp_rank, pg.pipeline_model_parallel_size > 1))
     model_file = os.path.join(rank_dir, MODEL_FILENAME)
     if pg.dp_rank == 0:
-        os.makedirs(rank_dir, exist_ok=True)
         state = {"args": _picklable_args(args), "checkpoint_version": CHECKPOINT_VERSION, "iteration": iteration}
         for key, chunk in zip(_model_keys(len(chunks)), chunks):
             state[key] = nest_state_dict(unwrap_model(chunk).state_dict())
@@ -229,7 +260,9 @@ def save_checkpoint(iteration: int, model_chunks, optimizer, opt_param_scheduler
                 state["opt_param_scheduler"] = opt_param_scheduler.state_dict()
         if rng_states is not None:
             state["rng_state"] = rng_states
-        _atomic_torch_save(state, model_file)
+        with _save_failure_explained(save_dir):
+            os.makedirs(rank_dir, exist_ok=True)
+            _atomic_torch_save(state, model_file)
     _barrier()
 
     if _global_rank() == 0:
@@ -319,8 +352,25 @@ def check_checkpoint_args(saved, args, path: str, checkpoint_version: float) -> 
             continue  # saved only from version 3.0 on
         theirs, ours = saved_arg(saved, name), getattr(args, name, None)
         if theirs is not None and ours is not None and theirs != ours:
+            hint = ""
+            if name in ("tensor_model_parallel_size", "pipeline_model_parallel_size"):
+                hint = "; " + reshard_hint(_load_dir_of(path), args)
             raise CheckpointError(
-                f"checkpoint {path} was saved with {name} {theirs} but this run has {ours} ({flag})")
+                f"checkpoint {path} was saved with {name} {theirs} but this run has {ours} ({flag}){hint}")
+
+
+def _load_dir_of(model_file: str) -> str:
+    # {load}/iter_N/mp_rank_TT[_PPP]/model_optim_rng.pt
+    return os.path.dirname(os.path.dirname(os.path.dirname(model_file)))
+
+
+def reshard_hint(load_dir: str, args) -> str:
+    """How to make a checkpoint of another TP/PP layout loadable by this run (one clause)."""
+    tp = getattr(args, "tensor_model_parallel_size", 1) or 1
+    pp = getattr(args, "pipeline_model_parallel_size", 1) or 1
+    return (f"reshard it to this layout first: python tools/checkpoint_util.py --load-dir {load_dir} "
+            f"--save-dir {load_dir.rstrip(os.sep)}_tp{tp}_pp{pp} --target-tensor-parallel-size {tp} "
+            f"--target-pipeline-parallel-size {pp} (then load that directory)")
 
 
 def resolve_iteration_dir(load_dir: str, iteration: int, release: bool) -> str:
@@ -352,7 +402,8 @@ def _model_file(iteration_dir: str, pg) -> str:
         present = sorted(name for name in os.listdir(iteration_dir) if name.startswith("mp_rank_"))
         raise CheckpointError(
             f"checkpoint file {path} does not exist; {iteration_dir} holds {present[:8]} "
-            f"(saved with another --tensor-model-parallel-size / --pipeline-model-parallel-size?)")
+            f"(saved with another --tensor-model-parallel-size / --pipeline-model-parallel-size?); "
+            f"{reshard_hint(os.path.dirname(iteration_dir.rstrip(os.sep)), pg)}")
     return path
 
 

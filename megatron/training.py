@@ -20,6 +20,7 @@ from megatron.core.pipeline_parallel import get_forward_backward_func
 from megatron.errors import debug_enabled, input_errors_in_one_line, is_distributed_error
 from megatron.initialize import distributed_failure, get_device, initialize_megatron
 from megatron.model_setup import build_train_valid_test_data_iterators, data_parallel_group, setup_model_and_optimizer
+from megatron.startup_checks import check_inputs_at_startup
 from megatron.training_log import TrainingLogger, print_on_rank_0, validation_line, write_validation
 from megatron.utils import calc_params_l2_norm, print_rank_0
 
@@ -75,6 +76,8 @@ def _pretrain(args, train_valid_test_dataset_provider, model_provider, model_typ
         signal.signal(signal.SIGTERM, _on_sigterm)
     config = core_transformer_config_from_args(args)
     print_rank_0(f"time to initialize megatron (seconds): {time.time() - _START_TIME:.3f}")
+
+    check_inputs_at_startup(args)  # data files, --split, a writable --save: before the model is built
 
     _set_phase("model and optimizer setup")
     timers("model-and-optimizer-setup", log_level=0).start()

@@ -5,7 +5,7 @@ Shares the training layer: the optimizer, scheduler and ``train_step`` (forward/
 tensor and data parallelism) are those of pretraining.
 """
 import math
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional
 
 import numpy as np
 import torch
@@ -125,15 +125,18 @@ def _forward_step(data_iterator, model):
     return logits, loss_func
 
 
-def evaluate_accuracy(model, samples: List[Sample], args, pg) -> Dict[str, float]:
+def evaluate_accuracy(model, samples: List[Sample], args, pg, keep_last: Optional[bool] = None) -> Dict[str, float]:
     """(correct, total) over ``samples``, dealt round-robin to the data-parallel ranks; every
-    rank returns the same numbers (counted on the last pipeline stage, then broadcast)."""
+    rank returns the same numbers (counted on the last pipeline stage, then broadcast).
+
+    ``keep_last`` (default ``--keep-last``) evaluates the last, incomplete batch too: its padding
+    rows carry weight 0, so the accuracy stays correct / examples."""
     from megatron.arguments import core_transformer_config_from_args
 
     forward_backward = get_forward_backward_func(pg)
     config = core_transformer_config_from_args(args)
     totals = torch.zeros(2, dtype=torch.float64, device=get_device())
-    if not args.keep_last:
+    if not (args.keep_last if keep_last is None else keep_last):
         # Megatron's validation loader drops the last incomplete batch unless --keep-last.
         whole = len(samples) - len(samples) % (args.micro_batch_size * pg.data_parallel_size)
         samples = samples[:whole]
@@ -167,10 +170,16 @@ def _set_training_length(args, num_train_samples: int) -> int:
         raise ValueError(f"--train-data holds {num_train_samples} examples, fewer than one global batch "
                          f"(--global-batch-size {gbs})")
     args.train_iters = args.epochs * iters_per_epoch
-    args.lr_decay_iters = args.train_iters
-    args.lr_decay_steps = args.wd_incr_steps = args.train_iters * gbs
+    if args.lr_decay_iters is None:
+        args.lr_decay_iters = args.train_iters
+    # The scheduler counts samples (validate_args checked the flags; the length is known only now).
+    args.lr_decay_steps = args.lr_decay_iters * gbs
+    args.wd_incr_steps = args.train_iters * gbs
     fraction = args.lr_warmup_fraction
     args.lr_warmup_steps = fraction * args.lr_decay_steps if fraction is not None else args.lr_warmup_iters * gbs
+    if args.lr_warmup_steps > args.lr_decay_steps:
+        raise ValueError(f"--lr-warmup-iters {args.lr_warmup_iters} exceeds the {args.lr_decay_iters} iterations of "
+                         f"the lr decay (--epochs {args.epochs} x {iters_per_epoch} iterations, or --lr-decay-iters)")
     return iters_per_epoch
 
 
@@ -191,6 +200,23 @@ def _load_pretrained(model, optimizer, args) -> None:
         optimizer.reload_model_params()
 
 
+def _whole_batch_policy(valid_sets: Dict[str, List[Sample]], args, pg) -> Dict[str, bool]:
+    """Per validation set, whether its last incomplete batch is evaluated: with --keep-last, or when the
+    set is smaller than one batch (dropping it, as Megatron-LM does, would evaluate nothing)."""
+    batch = args.micro_batch_size * pg.data_parallel_size
+    policy = {}
+    for name, samples in valid_sets.items():
+        if not samples:
+            raise ValueError(f"--valid-data {name}: holds no examples")
+        policy[name] = bool(args.keep_last)
+        if not args.keep_last and len(samples) < batch:
+            policy[name] = True
+            print_rank_0(f" > {name}: {len(samples)} examples, fewer than one batch (--micro-batch-size "
+                         f"{args.micro_batch_size} x {pg.data_parallel_size} data-parallel ranks): evaluating the "
+                         f"partial batch (as --keep-last would; padding rows count for nothing)")
+    return policy
+
+
 def finetune(task: str, train_samples: List[Sample], valid_sets: Dict[str, List[Sample]], num_classes: int,
              multiple_choice: bool = False):
     """Train ``--epochs`` epochs (0: evaluate only) and report accuracy per validation file after each.
@@ -208,10 +234,12 @@ def finetune(task: str, train_samples: List[Sample], valid_sets: Dict[str, List[
     provider = classification_provider(num_classes, multiple_choice)
     last_stage = pg.is_pipeline_last_stage()
 
+    keep_last = _whole_batch_policy(valid_sets, args, pg)
+
     def report(epoch: int, model) -> float:
         accuracies = []
         for name, samples in valid_sets.items():
-            result = evaluate_accuracy(model, samples, args, pg)
+            result = evaluate_accuracy(model, samples, args, pg, keep_last[name])
             print_rank_0(f" > |epoch: {epoch}| metrics for {name}: correct / total = {result['correct']} / "
                          f"{result['total']} = {100 * result['accuracy']:.4f} %")
             accuracies.append(result["accuracy"])
@@ -227,10 +255,16 @@ def finetune(task: str, train_samples: List[Sample], valid_sets: Dict[str, List[
         report(0, model)
         return
 
+    from megatron.startup_checks import check_save_dir
+
+    check_save_dir(args.save)  # before the model is built and the epochs are spent
     iters_per_epoch = _set_training_length(args, len(train_samples))
     model, optimizer, scheduler = setup_model_and_optimizer(provider, ModelType.encoder_or_decoder, args, pg)
-    if args.load is None and args.pretrained_checkpoint is not None:
+    if args.iteration == 0 and args.pretrained_checkpoint is not None:
+        # Nothing resumed from --load (none given, or no checkpoint there yet), as in Megatron-LM.
         _load_pretrained(model, optimizer, args)
+        print_rank_0(f"> fine-tuning from --pretrained-checkpoint {args.pretrained_checkpoint} (encoder weights); "
+                     f"the {task} head starts from random weights")
     from megatron.arguments import core_transformer_config_from_args
 
     rows = args.micro_batch_size * _rows_per_sample(train_samples)

@@ -36,25 +36,34 @@ def get_tasks_args(parser):
     return parser
 
 
-def _default_tokenizer(argv) -> str:
-    """GPT tasks read BPE, BERT tasks WordPiece, unless --tokenizer-type says otherwise."""
+def _task(argv):
     argv = sys.argv[1:] if argv is None else list(argv)
     task = next((argv[i + 1] for i, flag in enumerate(argv[:-1]) if flag == "--task"), None)
-    task = task or next((flag.split("=", 1)[1] for flag in argv if flag.startswith("--task=")), None)
-    return "GPT2BPETokenizer" if task in ZERO_SHOT_TASKS else "BertWordPieceLowerCase"
+    return task or next((flag.split("=", 1)[1] for flag in argv if flag.startswith("--task=")), None)
+
+
+def _default_tokenizer(argv) -> str:
+    """GPT tasks read BPE, BERT tasks WordPiece, unless --tokenizer-type says otherwise."""
+    return "GPT2BPETokenizer" if _task(argv) in ZERO_SHOT_TASKS else "BertWordPieceLowerCase"
+
+
+def _task_defaults(argv) -> dict:
+    """Fine-tuning takes its length from --epochs; evaluation trains nothing, so the training-schedule
+    flags of the user's pretraining arguments (GPT_ARGS) are accepted unchanged and have no effect."""
+    schedule = "epochs" if _task(argv) in GLUE_TASKS + ("RACE",) else "none"
+    return {"tokenizer_type": _default_tokenizer(argv), "training_schedule": schedule}
 
 
 def main(argv=None):
     from megatron.initialize import initialize_megatron
 
-    args = initialize_megatron(extra_args_provider=get_tasks_args,
-                               args_defaults={"tokenizer_type": _default_tokenizer(argv)}, argv=argv)
-    try:
+    from megatron.errors import input_errors_in_one_line
+
+    # Bad flags, data files and checkpoints are the user's to fix: one line, naming the flag or file:line.
+    with input_errors_in_one_line("tasks/main.py"):
+        args = initialize_megatron(extra_args_provider=get_tasks_args,
+                                   args_defaults=_task_defaults(argv), argv=argv)
         result = _run_task(args)
-    except ValueError as error:
-        # Bad flags and bad data files are the user's to fix: one line, naming the flag or file:line.
-        print(f"tasks/main.py: error: {error}", file=sys.stderr, flush=True)
-        raise SystemExit(2) from None
     import torch.distributed as dist
 
     if dist.is_initialized():

@@ -23,25 +23,22 @@ def main(argv=None) -> int:
     from megatron.argument_groups import add_biencoder_args
     from megatron.initialize import initialize_megatron
 
-    args = initialize_megatron(extra_args_provider=add_biencoder_args,
-                               args_defaults={"tokenizer_type": "BertWordPieceLowerCase"}, argv=argv)
     import torch.distributed as dist
 
-    from megatron.checkpointing import CheckpointError
     from megatron.core import parallel_state
+    from megatron.errors import input_errors_in_one_line
     from megatron.global_vars import get_tokenizer
     from megatron.retrieval.indexer import IndexBuilder, block_corpus_from_args
 
-    try:
+    # Flags, input files, checkpoints and shard coverage are the user's to fix: one line.
+    with input_errors_in_one_line("create_doc_index.py"):
+        args = initialize_megatron(extra_args_provider=add_biencoder_args,
+                                   args_defaults={"tokenizer_type": "BertWordPieceLowerCase"}, argv=argv)
         corpus = block_corpus_from_args(args, get_tokenizer())
         if args.rank == 0:
             print(f"> indexing {len(corpus)} blocks on {parallel_state.get_process_groups().data_parallel_size} "
                   f"data-parallel rank(s) into {args.block_data_path}", flush=True)
         total = IndexBuilder.from_args(args, parallel_state.get_process_groups(), corpus).build_and_save_index()
-    except (ValueError, CheckpointError) as error:
-        # Flags, input files, checkpoints and shard coverage are the user's to fix: one line.
-        print(f"create_doc_index.py: error: {error}", file=sys.stderr, flush=True)
-        raise SystemExit(2) from None
     if dist.is_initialized():
         dist.barrier()
     return total

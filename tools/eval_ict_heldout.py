@@ -167,8 +167,7 @@ def _accuracies(heldout, data, query_fn, context_fn, batch, ks):
 
 
 if __name__ == "__main__":
-    try:
+    from megatron.errors import input_errors_in_one_line
+
+    with input_errors_in_one_line("tools/eval_ict_heldout.py"):
         main()
-    except ValueError as error:
-        print(f"tools/eval_ict_heldout.py: error: {error}", file=sys.stderr, flush=True)
-        raise SystemExit(2) from None

@@ -505,3 +505,32 @@ def test_starting_a_data_loader_leaves_the_global_rng_alone():
     before = torch.get_rng_state()
     next(iter(loader))
     assert torch.equal(torch.get_rng_state(), before)
+
+
+# -- failed saves -------------------------------------------------------------------------------
+@pytest.mark.parametrize("failure", ["enospc", "zip-writer"])
+def test_a_failed_save_names_the_directory_the_cause_and_the_intact_checkpoint(tmp_path, monkeypatch, failure):
+    """A full disk shows up as OSError(ENOSPC), or as torch's zip writer's "unexpected pos" RuntimeError;
+    both become one message naming the directory, the cause and the checkpoint that is still good."""
+    import errno
+    import shutil
+    from collections import namedtuple
+
+    args = make_args(tmp_path)
+    model = gpt(0)
+    save_checkpoint(3, [model], None, None, args)
+
+    def full_disk(state, path):
+        if failure == "enospc":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+        raise RuntimeError("[enforce fail at inline_container.cc:778] . unexpected pos 4637760 vs 4637648")
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(checkpointing, "_atomic_torch_save", full_disk)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(1 << 30, 1 << 30, 0))
+    with pytest.raises(CheckpointError) as err:
+        save_checkpoint(4, [model], None, None, args)
+    assert str(err.value) == (f"checkpoint save to {args.save} failed: no space left on device; "
+                              "the previous checkpoint (iteration 3) is intact")
+    assert read_tracker(args.save) == (3, False)
+    assert load_checkpoint([gpt(1)], None, None, make_args(tmp_path)) == 3
