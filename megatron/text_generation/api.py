@@ -4,6 +4,7 @@ A request is ``{"prompts": [str, ...], "tokens_to_generate": int, "temperature":
 "top_k": int, "top_p": float, "greedy": bool, "random_seed": int}``; only ``prompts`` is
 required. Every problem raises ``RequestError`` with a one-line message naming the field.
 """
+import math
 from dataclasses import dataclass
 from typing import List, Optional
 
@@ -47,6 +48,8 @@ def _number(body: dict, name: str, default: float) -> float:
     value = body.get(name, default)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise RequestError(f"{name} must be a number, got {type(value).__name__}")
+    if not math.isfinite(value):  # Python's JSON parser accepts NaN, Infinity and -Infinity
+        raise RequestError(f"{name} must be a finite number, got {value}")
     return float(value)
 
 

@@ -1,12 +1,16 @@
 """What the generation tools share: Megatron's sampling flags and a GPT model loaded for inference."""
 import argparse
+from typing import Optional
 
 import torch
 
 from megatron.text_generation.sampling import SamplingParams
 
-# Generation never resumes training: skip the optimizer and the RNG state of the checkpoint.
-GENERATION_DEFAULTS = {"tokenizer_type": "GPT2BPETokenizer", "no_load_rng": True, "no_load_optim": True}
+# Generation never resumes training: the optimizer and RNG states of the checkpoint are skipped by
+# load_gpt_for_generation, not through --no-load-optim/--no-load-rng defaults (which would make a
+# missing --load look like a misuse of those flags).
+# Nothing trains: the training-schedule flags of the user's pretraining GPT_ARGS are accepted unchanged.
+GENERATION_DEFAULTS = {"tokenizer_type": "GPT2BPETokenizer", "training_schedule": "none"}
 
 
 def add_sampling_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -42,6 +46,28 @@ def check_generation_layout(args) -> None:
         raise ValueError("--load is required: the checkpoint directory to generate from")
 
 
+def out_seq_length_notice(args, longest_prompt: Optional[int], shortest_prompt: Optional[int] = None) -> str:
+    """One line when ``--out-seq-length`` asks for more tokens than the model's positions hold, else "".
+
+    ``longest_prompt``/``shortest_prompt`` are the prompt lengths in tokens (unconditional generation
+    starts from one end-of-document token); None for a server, whose prompts are not known yet.
+    """
+    positions = args.max_position_embeddings
+    wanted = args.out_seq_length
+    if longest_prompt is None:
+        if wanted <= positions - 1:
+            return ""
+        return (f"notice: --out-seq-length {wanted} does not fit the model's {positions} positions "
+                f"(--max-position-embeddings); a request whose prompt plus tokens_to_generate exceeds "
+                f"{positions} tokens is refused with 400")
+    if longest_prompt + wanted <= positions:
+        return ""
+    most = positions - (shortest_prompt if shortest_prompt is not None else longest_prompt)
+    return (f"notice: --out-seq-length {wanted} is capped by --max-position-embeddings {positions}: "
+            f"prompt plus continuation stop at {positions} tokens, so at most {most} tokens are generated "
+            f"per prompt (the longest prompt has {longest_prompt} tokens)")
+
+
 def gpt_inference_model_provider(pre_process=True, post_process=True):
     """GPT returning full-vocabulary logits, as sampling needs them on every tensor-parallel rank."""
     from megatron.arguments import core_transformer_config_from_args
@@ -66,6 +92,8 @@ def load_gpt_for_generation(args) -> torch.nn.Module:
     from megatron.core.transformer import ModelType
     from megatron.model_setup import get_model
 
+    args.no_load_optim = True
+    args.no_load_rng = True
     pg = parallel_state.get_process_groups()
     chunks = get_model(gpt_inference_model_provider, ModelType.encoder_or_decoder, args, pg, wrap_with_ddp=False)
     iteration = load_checkpoint(chunks, None, None, args)

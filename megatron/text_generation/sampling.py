@@ -1,4 +1,5 @@
 """Choose the next token from logits: greedy, or temperature then top-k / top-p (nucleus) filtering."""
+import math
 from dataclasses import dataclass
 from typing import Optional
 
@@ -15,8 +16,10 @@ class SamplingParams:
     greedy: bool = False
 
     def __post_init__(self):
-        if isinstance(self.temperature, bool) or not isinstance(self.temperature, (int, float)) or not self.temperature > 0:
-            raise ValueError(f"temperature must be a number > 0, got {self.temperature!r}")
+        if (isinstance(self.temperature, bool) or not isinstance(self.temperature, (int, float))
+                or not 0 < self.temperature < math.inf):
+            # An infinite temperature would turn every logit into 0 (uniform noise over the vocabulary).
+            raise ValueError(f"temperature must be a number > 0 (and finite), got {self.temperature!r}")
         if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
             raise ValueError(f"top_k must be an integer >= 0, got {self.top_k!r}")
         if isinstance(self.top_p, bool) or not isinstance(self.top_p, (int, float)) or not 0.0 <= self.top_p <= 1.0:

@@ -1,10 +1,13 @@
 """tools/run_text_generation_server.py end to end: a server on a free loopback port answers a
-bounded number of requests (generation, validation errors, wrong method or path) and exits."""
+bounded number of requests (generation, validation errors, wrong method or path) and exits; a
+stalled client does not hold up the others; start-up problems are one line."""
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
+import time
 import urllib.error
 import urllib.request
 
@@ -43,13 +46,13 @@ class Server:
             self.process.kill()
             raise AssertionError("the server did not start:\n" + "".join(self.output)[-4000:])
 
-    def request(self, method="PUT", body=None, path="/api", raw=None):
+    def request(self, method="PUT", body=None, path="/api", raw=None, timeout=60):
         data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
         url = self.url.rsplit("/api", 1)[0] + path
         request = urllib.request.Request(url, data=data, method=method,
                                          headers={"Content-Type": "application/json"})
         try:
-            with urllib.request.urlopen(request, timeout=60) as response:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
                 return response.status, json.loads(response.read())
         except urllib.error.HTTPError as error:
             return error.code, json.loads(error.read())
@@ -99,6 +102,101 @@ def test_server_rejects_prompts_longer_than_the_model(tmp_path):
     finally:
         if server.process.poll() is None:
             server.process.kill()
+
+
+def test_requests_that_do_not_fit_the_model_or_have_non_finite_numbers_get_400():
+    server = Server(7)
+    try:
+        fits = "The" + " word" * 23  # 24 tokens: with 8 generated, exactly the model's 32 positions
+        status, reply = server.request(body={"prompts": [fits], "tokens_to_generate": 8, "greedy": True})
+        assert status == 200, reply
+        assert reply["length"] == [8] or reply["finished"] == [True], reply
+        # One token more would leave room for 7: refused, never answered with a shortened continuation.
+        status, reply = server.request(body={"prompts": [fits + " word"], "tokens_to_generate": 8})
+        assert status == 400, reply
+        assert reply["error"] == ("prompts[0] has 25 tokens and tokens_to_generate is 8: 33 positions exceed the "
+                                  "model's 32 (--max-position-embeddings); ask for at most 7 tokens or shorten "
+                                  "the prompt")
+        status, reply = server.request(body={"prompts": [fits + " word"]})
+        assert status == 400 and "tokens_to_generate (default --out-seq-length) is 8" in reply["error"]
+        for raw, expected in ((b'{"prompts": ["x"], "temperature": Infinity}', "temperature must be a finite number"),
+                              (b'{"prompts": ["x"], "temperature": NaN}', "temperature must be a finite number"),
+                              (b'{"prompts": ["x"], "top_p": -Infinity}', "top_p must be a finite number"),
+                              (b'{"prompts": ["x"], "temperature": -0.5}', "temperature must be a number > 0")):
+            status, reply = server.request(raw=raw)
+            assert status == 400 and reply["error"].startswith(expected), (raw, reply)
+        assert server.wait() == 0
+    finally:
+        if server.process.poll() is None:
+            server.process.kill()
+
+
+def test_stalled_client_does_not_delay_another_by_more_than_one_generation():
+    server = Server(3, "--request-timeout", "3")
+    body = {"prompts": ["The module", "import os"], "tokens_to_generate": 8, "greedy": True}
+    stalled = socket.socket()
+    try:
+        start = time.monotonic()
+        assert server.request(body=body)[0] == 200
+        one_generation = time.monotonic() - start
+
+        host, port = server.url.split("//", 1)[1].split("/", 1)[0].rsplit(":", 1)
+        stalled.connect((host, int(port)))
+        stalled.sendall(b"PUT /api HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                        b"Content-Length: 100\r\n\r\n{\"prompts\": [\"The")  # then nothing more
+        time.sleep(0.3)  # the stalled request is in the server before the next one arrives
+
+        start = time.monotonic()
+        status, reply = server.request(body=body, timeout=20)
+        waited = time.monotonic() - start
+        assert status == 200, reply
+        assert waited < 2 * one_generation + 1.5, (waited, one_generation)
+
+        # The stalled client is answered 408 once --request-timeout has passed, and the server goes on.
+        stalled.settimeout(30)
+        answer = b""
+        while b"}" not in answer:
+            chunk = stalled.recv(4096)
+            if not chunk:
+                break
+            answer += chunk
+        assert answer.startswith(b"HTTP/1.1 408"), answer
+        assert b"did not arrive within --request-timeout 3 s" in answer
+        assert server.wait() == 0
+        assert not any("Traceback" in line for line in server.output), "".join(server.output)[-3000:]
+    finally:
+        stalled.close()
+        if server.process.poll() is None:
+            server.process.kill()
+
+
+def _start_up_failure(*flags):
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    return subprocess.run([sys.executable, os.path.join(REPO, "tools/run_text_generation_server.py"), *flags],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_port_in_use_is_one_line_naming_the_port():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        result = _start_up_failure(*model_args(), "--port", str(port))
+    assert result.returncode == 1, result.stderr[-2000:]
+    errors = [line for line in result.stderr.splitlines() if line.strip()]
+    assert errors == [f"run_text_generation_server.py: error: --port {port}: 127.0.0.1:{port} is already in use "
+                      f"by another program; stop it or choose another --port (0 picks a free one)"], result.stderr
+
+
+def test_missing_load_names_load_not_no_load_optim():
+    flags = model_args()
+    at = flags.index("--load")
+    result = _start_up_failure(*flags[:at], *flags[at + 2:])
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "--no-load-optim" not in result.stderr + result.stdout
+    errors = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert errors == ["run_text_generation_server.py: error: --load is required: the checkpoint directory to "
+                      "generate from"], result.stderr
 
 
 @pytest.mark.slow

@@ -27,6 +27,7 @@ class WordTokenizer:
     (["--num-samples", "2"], "--genfile is required"),
     (["--num-samples", "2", "--genfile", "o", "--top_p", "1.5"], "--top_p must be a number in [0, 1], got 1.5"),
     (["--num-samples", "2", "--genfile", "o", "--temperature", "0"], "--temperature must be a number > 0"),
+    (["--num-samples", "2", "--genfile", "o", "--temperature", "inf"], "--temperature must be a number > 0 (and finite)"),
     (["--num-samples", "2", "--genfile", "o", "--top-k", "-2"], "--top_k must be an integer >= 0, got -2"),
     (["--num-samples", "2", "--genfile", "o", "--out-seq-length", "-1"], "--out-seq-length must be >= 0"),
 ])
@@ -97,6 +98,9 @@ def test_a_valid_request_takes_the_server_defaults():
     ({"prompts": ["a"], "tokens_to_generate": True}, "tokens_to_generate must be an integer, got bool"),
     ({"prompts": ["a"], "temperature": -1}, "temperature must be a number > 0"),
     ({"prompts": ["a"], "temperature": None}, "temperature must be a number, got NoneType"),
+    ({"prompts": ["a"], "temperature": float("inf")}, "temperature must be a finite number, got inf"),
+    ({"prompts": ["a"], "temperature": float("nan")}, "temperature must be a finite number, got nan"),
+    ({"prompts": ["a"], "top_p": float("-inf")}, "top_p must be a finite number, got -inf"),
     ({"prompts": ["a"], "top_k": -1}, "top_k must lie in [0, inf], got -1"),
     ({"prompts": ["a"], "top_p": 2}, "top_p must be a number in [0, 1], got 2.0"),
     ({"prompts": ["a"], "greedy": "yes"}, "greedy must be true or false, got str"),
