@@ -1,4 +1,8 @@
-"""Pretrain BERT: masked-LM loss plus the sentence-order (binary) head, as Megatron-LM's pretrain_bert.py."""
+"""Pretrain BERT: masked-LM loss plus the sentence-order (binary) head, as Megatron-LM's pretrain_bert.py.
+
+With ``--data-impl tfrecord`` it trains on MLPerf BERT TFRecords (already masked examples, next-sentence
+labels) and reports MLPerf's masked-LM accuracy and the NSP accuracy beside the losses.
+"""
 from functools import partial
 
 import torch.nn.functional as F
@@ -45,6 +49,42 @@ def loss_func(loss_mask, sentence_order, output_tensor):
     return loss, {"lm loss": lm_loss.detach(), "sop loss": sop_loss.detach()}
 
 
+def vocab_parallel_argmax(logits, pg):
+    """Argmax over the whole vocabulary of vocab-parallel logits ``[..., v/tp]`` (lowest id on ties)."""
+    import torch
+
+    local_max, local_arg = logits.max(dim=-1)
+    if pg.tensor_model_parallel_size == 1:
+        return local_arg
+    import torch.distributed as dist
+
+    maxima = [torch.empty_like(local_max) for _ in range(pg.tensor_model_parallel_size)]
+    args = [torch.empty_like(local_arg) for _ in range(pg.tensor_model_parallel_size)]
+    dist.all_gather(maxima, local_max.contiguous(), group=pg.tp)
+    dist.all_gather(args, (local_arg + pg.tp_rank * logits.shape[-1]).contiguous(), group=pg.tp)
+    best_rank = torch.stack(maxima).argmax(dim=0)  # first rank holding the maximum
+    return torch.stack(args).gather(0, best_rank.unsqueeze(0)).squeeze(0)
+
+
+def mlperf_loss_func(loss_mask, lm_labels, next_sentence, output_tensor):
+    """MLPerf's metrics beside the losses: masked-LM accuracy (its target metric) and NSP accuracy."""
+    from megatron.core.parallel_state import get_process_groups
+    from megatron.core.tensor_parallel.cross_entropy import vocab_parallel_cross_entropy
+
+    logits, nsp_logits = output_tensor  # [b, s, v/tp], [b, 2]
+    pg = get_process_groups()
+    labels = lm_labels.clamp(min=0)
+    lm_loss = masked_mean(vocab_parallel_cross_entropy(logits.float(), labels, 0.0, pg), loss_mask)
+    correct = (vocab_parallel_argmax(logits.detach(), pg) == labels).float()
+    stats = {"lm loss": lm_loss.detach(), "mlm acc": masked_mean(correct, loss_mask)}
+    if nsp_logits is None:
+        return lm_loss, stats
+    nsp_loss = F.cross_entropy(nsp_logits.view(-1, 2).float(), next_sentence.view(-1))
+    stats["nsp loss"] = nsp_loss.detach()
+    stats["nsp acc"] = (nsp_logits.detach().argmax(-1).view(-1) == next_sentence.view(-1)).float().mean()
+    return lm_loss + nsp_loss, stats
+
+
 def forward_step(data_iterator, model):
     timers = get_timers()
     timers("batch-generator", log_level=2).start()
@@ -52,12 +92,40 @@ def forward_step(data_iterator, model):
     timers("batch-generator", log_level=2).stop()
     if not _binary_head(get_args()):
         types = None
+    if get_args().data_impl == "tfrecord":
+        # Logits rather than per-token losses: the masked-LM accuracy needs the predictions.
+        output_tensor = model(tokens, padding_mask, tokentype_ids=types)
+        return output_tensor, partial(mlperf_loss_func, loss_mask, lm_labels, sentence_order)
     output_tensor = model(tokens, padding_mask, tokentype_ids=types, lm_labels=lm_labels)
     return output_tensor, partial(loss_func, loss_mask, sentence_order)
 
 
+def tfrecord_datasets(args, num_samples):
+    """MLPerf TFRecords: --data-path (training, shuffled), --valid-data-path / --test-data-path (in order)."""
+    from megatron.core.datasets.tfrecord_dataset import MLPerfBertTFRecordDataset, expand_tfrecord_paths
+
+    datasets = []
+    for name, flag, paths, count in (("train", "--data-path", args.data_path, num_samples[0]),
+                                     ("valid", "--valid-data-path", args.valid_data_path, num_samples[1]),
+                                     ("test", "--test-data-path", args.test_data_path, num_samples[2])):
+        if not paths or not count:
+            datasets.append(None)
+            continue
+        dataset = MLPerfBertTFRecordDataset(
+            expand_tfrecord_paths(paths, flag), count, args.seq_length, args.micro_batch_size,
+            args.data_parallel_size, args.seed, shuffle=name == "train", shuffle_buffer=args.tfrecord_shuffle_buffer,
+            index_dir=args.tfrecord_index_dir, cache_dir=args.data_cache_path, name=name)
+        print_rank_0(f"    {name}: {dataset.num_records} records in {len(dataset.files)} TFRecord file(s), "
+                     f"max_predictions_per_seq {dataset.max_predictions_per_seq}, {count} samples")
+        datasets.append(dataset)
+    return tuple(datasets)
+
+
 def train_valid_test_datasets_provider(train_val_test_num_samples):
     args = get_args()
+    if args.data_impl == "tfrecord":
+        print_rank_0("> building train, validation, and test datasets for BERT from MLPerf TFRecords ...")
+        return tfrecord_datasets(args, train_val_test_num_samples)
     print_rank_0("> building train, validation, and test datasets for BERT ...")
     config = DatasetConfig(dataset_type="bert", seq_length=args.seq_length, seed=args.seed, split=args.split,
                            cache_dir=args.data_cache_path, vocab_size=args.padded_vocab_size,

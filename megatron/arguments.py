@@ -392,7 +392,39 @@ def _validate_batch(args) -> None:
                                  f"--pipeline-model-parallel-size {pp} (the interleaved schedule needs it)")
 
 
+# What a script trains, chosen by the script through its ``args_defaults`` (not a flag):
+#   "iterations" (pretraining, the default): the length is --train-iters or --train-samples;
+#   "epochs" (tasks/main.py fine-tuning): the length comes from --epochs and the training data;
+#   "none" (generation, zero-shot evaluation): nothing trains, and the training-schedule flags of
+#   the user's pretraining arguments (Megatron's GPT_ARGS) are accepted and have no effect.
+TRAINING_SCHEDULES = ("iterations", "epochs", "none")
+_SCHEDULE_FLAGS = ("train_iters", "train_samples", "lr_decay_iters", "lr_decay_samples", "lr_warmup_iters",
+                   "lr_warmup_samples", "lr_warmup_fraction", "lr_warmup_init", "rampup_batch_size")
+
+
+def training_schedule(args) -> str:
+    schedule = getattr(args, "training_schedule", None) or "iterations"
+    if schedule not in TRAINING_SCHEDULES:
+        raise ValueError(f"training_schedule {schedule!r} (a script default) must be one of {TRAINING_SCHEDULES}")
+    return schedule
+
+
+def _schedule_flags_given(args):
+    return [_flag(name) for name in _SCHEDULE_FLAGS if _given(args, name) and getattr(args, name) not in (None, 0, [])]
+
+
 def _validate_training_length(args) -> None:
+    schedule = training_schedule(args)
+    if schedule == "none":
+        given = _schedule_flags_given(args)
+        if given and args.rank == 0:
+            print(f"note: this tool does not train; {', '.join(given)} (training schedule) "
+                  f"{'has' if len(given) == 1 else 'have'} no effect", flush=True)
+        args.lr_decay_steps = args.lr_warmup_steps = args.wd_incr_steps = None
+        return
+    if schedule == "epochs":
+        _validate_epochs_schedule(args)
+        return
     _positive(args, "train_iters", "train_samples", "lr_decay_iters", "lr_decay_samples")
     _positive(args, "lr_warmup_iters", "lr_warmup_samples", allow_zero=True)
     if args.train_iters is not None and args.train_samples is not None:
@@ -439,13 +471,48 @@ def _validate_training_length(args) -> None:
         return
     if args.lr is None:
         raise ValueError("--lr is required for training (--train-iters/--train-samples given)")
+    _validate_lr_and_weight_decay(args)
+
+
+def _validate_epochs_schedule(args) -> None:
+    """Fine-tuning: tasks.finetune_utils turns --epochs into iterations once it has read the data;
+    the warm-up and decay flags are checked here, in iterations (a fraction of them for
+    --lr-warmup-fraction, as in Megatron-LM's README command lines for RACE and MNLI)."""
+    _positive(args, "lr_decay_iters")
+    _positive(args, "lr_warmup_iters", allow_zero=True)
+    fraction = args.lr_warmup_fraction
+    if fraction is not None and not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"--lr-warmup-fraction {fraction} must lie in [0, 1]")
+    for name in ("lr_decay_samples", "lr_warmup_samples", "rampup_batch_size"):
+        if _given(args, name) and getattr(args, name) not in (None, 0, []):
+            raise ValueError(f"{_flag(name)} does not apply to fine-tuning, which counts iterations: its length is "
+                             "--epochs passes over --train-data (warm-up: --lr-warmup-fraction or --lr-warmup-iters)")
+    replaced = [f"{_flag(name)} {getattr(args, name)}" for name in ("train_iters", "train_samples")
+                if getattr(args, name, None) is not None]
+    if replaced and args.rank == 0:
+        # Megatron-LM overwrites them the same way: pretraining arguments reused for a task still run.
+        print(f"note: {' and '.join(replaced)} replaced: fine-tuning runs --epochs passes over --train-data",
+              flush=True)
+    args.train_iters = args.train_samples = None
+    if fraction is not None and args.lr_warmup_iters != 0:
+        raise ValueError(f"--lr-warmup-fraction {fraction} and --lr-warmup-iters {args.lr_warmup_iters} are "
+                         "mutually exclusive")
+    args.lr_decay_steps = args.lr_warmup_steps = args.wd_incr_steps = None  # set from --epochs
+    if not getattr(args, "epochs", None):
+        return  # evaluation only
+    if args.lr is None:
+        raise ValueError(f"--lr is required for fine-tuning (--epochs {args.epochs} given)")
+    _validate_lr_and_weight_decay(args)
+
+
+def _validate_lr_and_weight_decay(args) -> None:
     if args.lr < 0 or args.min_lr < 0:
         raise ValueError(f"--lr {args.lr} and --min-lr {args.min_lr} must be >= 0")
     if args.min_lr > args.lr:
         raise ValueError(f"--min-lr {args.min_lr} exceeds --lr {args.lr}")
     if not 0.0 <= args.lr_warmup_init <= args.lr:
         raise ValueError(f"--lr-warmup-init {args.lr_warmup_init} must lie in [0, --lr {args.lr}]")
-    if args.lr_warmup_steps > args.lr_decay_steps:
+    if args.lr_decay_steps is not None and args.lr_warmup_steps > args.lr_decay_steps:
         raise ValueError(f"lr warmup of {args.lr_warmup_steps:g} samples exceeds the lr decay of "
                          f"{args.lr_decay_steps} samples (--lr-warmup-* vs --lr-decay-*/--train-*)")
 
