@@ -267,3 +267,38 @@ def test_short_examples_match_whole_and_split_pieces():
     pieces = ngrams.split_text(text, matches, ngrams.FilterConfig(remove_char_each_side=10, filter_text_char_len=50))
     assert len(pieces) == 2 and all("nine" not in p and "One" not in p for p in pieces)
     assert pieces[0].startswith("alpha") and pieces[1].endswith("delta")
+
+
+def test_estimate_and_prefilter_follow_the_kind(sentences):
+    rng = random.Random(4)
+    base = " ".join(rng.sample(sentences, 20))
+    texts = [base, base + " " + " ".join(rng.sample(sentences, 20)), " ".join(rng.sample(sentences, 20))]
+    config = minhash.MinHashConfig(num_seeds=256, num_bands=64)
+    fingerprint = minhash.Fingerprinter(config.num_seeds, config.seed)
+    hashes = [minhash.shingle_hashes(t, 5) for t in texts]
+    fp = minhash.Fingerprints([], [str(i) for i in range(3)], np.zeros(3, np.int32), np.zeros(3, np.int64),
+                              np.zeros(3, np.int64), np.stack([fingerprint(h) for h in hashes]),
+                              np.array([len(h) for h in hashes], np.int32), {})
+    pairs = np.array([[0, 1], [0, 2]])
+    sets = [minhash.shingle_set(t, 5) for t in texts]
+    for kind in minhash.JACCARD_KINDS:
+        estimate = minhash.estimated_similarity(fp, pairs, kind)
+        exact_values = [minhash.jaccard(sets[i], sets[j], kind) for i, j in pairs]
+        assert np.allclose(estimate, exact_values, atol=0.12), (kind, estimate, exact_values)
+    # The first text is contained in the second: about 1 under "min", about 0.5 under "union".
+    assert minhash.prefilter(fp, pairs, 0.9, 0.15, "min").tolist() == [[0, 1]]
+    assert minhash.prefilter(fp, pairs, 0.9, 0.15, "union").tolist() == []
+    assert minhash.prefilter(fp, pairs, 0.9, -1, "union").tolist() == pairs.tolist()
+
+
+def test_too_many_regions_drop_the_document():
+    index = ngrams.build_index({"t": ["one two three four five six seven eight nine ten"]}, 13, 8)
+    copy = "one two three four five six seven eight nine ten"
+    text = " filler words here ".join([copy] * 4)
+    record = json.dumps({"text": text}).encode()
+    ngrams.init_worker(index, ngrams.FilterConfig(splits_count=3, filter_text_char_len=1))
+    out, counts = ngrams.filter_batch(("c.json", [(1, 0, record)]))
+    assert out == [] and counts["removed"] == 1 and counts["t:matches"] == 4
+    ngrams.init_worker(index, ngrams.FilterConfig(splits_count=4, remove_char_each_side=0, filter_text_char_len=1))
+    out, counts = ngrams.filter_batch(("c.json", [(1, 0, record)]))
+    assert [json.loads(line)["text"] for line in out] == ["filler words here"] * 3 and counts["split"] == 1
