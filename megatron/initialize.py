@@ -67,6 +67,12 @@ def _choose_backend(args) -> str:
     return backend
 
 
+def fp16_on_cpu_notice() -> str:
+    # CPUs have no fast float16 matrix kernels: measured in benchmarks/RESULTS.md (fp16 on a CPU).
+    return ("notice: --fp16 on a CPU runs about 20x slower than fp32 (float16 matrix products have no fast CPU "
+            "kernels); on a CPU use --bf16 or fp32 (no precision flag), keep --fp16 for GPUs")
+
+
 def initialize_distributed(args) -> parallel_state.ProcessGroups:
     """init_process_group (with ``--distributed-timeout-minutes``), the device, and the groups."""
     global _DEVICE
@@ -76,6 +82,8 @@ def initialize_distributed(args) -> parallel_state.ProcessGroups:
         torch.cuda.set_device(_DEVICE)
     else:
         _DEVICE = torch.device("cpu")
+    if args.rank == 0 and _DEVICE.type == "cpu" and getattr(args, "fp16", False):
+        print(fp16_on_cpu_notice(), flush=True)
     if not dist.is_initialized():
         if "MASTER_ADDR" not in os.environ:
             if args.world_size > 1:

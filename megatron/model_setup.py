@@ -101,11 +101,22 @@ def get_model(model_provider: Callable, model_type, args, pg, wrap_with_ddp: boo
         return [DistributedDataParallel(ddp_config, chunk, pg) for chunk in chunks]
     if args.DDP_impl == "torch":
         device_ids = [device.index] if device.type == "cuda" else None
-        # Pipeline stages run forward several times before backward: buffers are not broadcast.
+        # Pipeline stages run forward several times before backward: buffers are not broadcast then.
         return [torch.nn.parallel.DistributedDataParallel(chunk, device_ids=device_ids, output_device=None,
-                                                          process_group=pg.dp, broadcast_buffers=False)
+                                                          process_group=pg.dp, **_no_forward_buffer_sync())
                 for chunk in chunks]
     raise ValueError(f"--DDP-impl must be local or torch, got {args.DDP_impl!r}")
+
+
+def _no_forward_buffer_sync() -> dict:
+    """torch >= 2.13 names it ``forward_sync_buffers`` (``broadcast_buffers`` warns once per wrapped
+    module, on every rank). The buffers are still broadcast once at construction, which changes
+    nothing: every data-parallel rank builds the same buffers (rotary frequencies, masks)."""
+    import inspect
+
+    if "forward_sync_buffers" in inspect.signature(torch.nn.parallel.DistributedDataParallel.__init__).parameters:
+        return {"forward_sync_buffers": False}
+    return {"broadcast_buffers": False}
 
 
 def _no_weight_decay(name: str, param: torch.nn.Parameter) -> bool:
@@ -147,7 +158,8 @@ def setup_model_and_optimizer(model_provider: Callable, model_type, args, pg):
         args.iteration = load_checkpoint(model, optimizer, scheduler, args)
     elif getattr(args, "bert_load", None):
         print_rank_0(f"> no --load given: training from the towers initialised from --bert-load {args.bert_load}")
-    else:
+    elif not getattr(args, "pretrained_checkpoint", None):
+        # A task given --pretrained-checkpoint loads those weights next, and says so.
         print_rank_0("> no --load given: training from randomly initialised weights")
     return model, optimizer, scheduler
 

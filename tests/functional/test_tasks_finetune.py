@@ -111,3 +111,59 @@ def test_gpt_checkpoint_is_refused_as_a_pretrained_bert(tmp_path):
                                                          "--epochs", "1", "--train-data", f"{qqp}/train.tsv",
                                                          "--valid-data", f"{qqp}/dev.tsv"], check=False)
     assert result.returncode == 2 and "holds no weights of this BERT encoder" in result.stderr, result.stderr[-2000:]
+
+
+# -- the README's fine-tuning command lines (Megatron-LM's), run as written, sizes aside ------------------
+def _readme_blocks():
+    with open(os.path.join(REPO, "README.md")) as handle:
+        return re.findall(r"```bash\n(.*?)```", handle.read(), re.S)
+
+
+def _readme_finetune_script(task: str, bert_checkpoint: str, save: str) -> str:
+    """The README's block for ``task`` (after the RACE block's shared variables), with the sizes of the
+    tiny test checkpoint, the shipped sample files and ``python`` meaning the interpreter under test."""
+    from megatron.tokenizer import bert_uncased_vocab_path
+
+    race = next(block for block in _readme_blocks() if "--task RACE" in block)
+    script = race if task == "RACE" else race[:race.index("TRAIN_DATA=")] + next(
+        block for block in _readme_blocks() if f"--task {task}" in block)
+    script = re.sub(r"^PRETRAINED_CHECKPOINT=\S+", f"PRETRAINED_CHECKPOINT={bert_checkpoint}", script, flags=re.M)
+    script = re.sub(r"^VOCAB_FILE=\S+", f"VOCAB_FILE={bert_uncased_vocab_path()}", script, flags=re.M)
+    script = re.sub(r"^CHECKPOINT_PATH=\S+", f"CHECKPOINT_PATH={save}", script, flags=re.M)
+    script = script.replace("data/RACE/", RACE + "/").replace("data/glue_data/MNLI/", f"{GLUE}/MNLI/")
+    for flag, size in (("--num-layers", 2), ("--hidden-size", 32), ("--num-attention-heads", 4),
+                       ("--seq-length", 32), ("--max-position-embeddings", 32)):
+        script = re.sub(rf"{flag} \d+", f"{flag} {size}", script)
+    script = script.replace('--vocab-file $VOCAB_FILE"', '--vocab-file $VOCAB_FILE --make-vocab-size-divisible-by 256"')
+    return 'python() { "$PYTHON_UNDER_TEST" "$@"; }\nset -e\n' + script
+
+
+def _run_readme(task, bert_checkpoint, tmp_path):
+    import subprocess
+    import sys
+
+    save = str(tmp_path / task.lower())
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", PYTHON_UNDER_TEST=sys.executable)
+    result = subprocess.run(["bash", "-c", _readme_finetune_script(task, bert_checkpoint, save)], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, f"{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
+    return result.stdout, save
+
+
+def test_readme_race_command_line_runs_and_evaluates_dev_sets_smaller_than_a_batch(bert_checkpoint, tmp_path):
+    stdout, save = _run_readme("RACE", bert_checkpoint, tmp_path)
+    # --micro-batch-size 4 against dev sets of 2 and 3 questions: each is evaluated whole, not 0 / 0.
+    assert {key: total for key, (_, total) in metrics(stdout).items()} == {
+        (e, n): t for e in (1, 2, 3) for n, t in (("dev_middle", 2), ("dev_high", 3))}
+    assert " > dev_middle: 2 examples, fewer than one batch (--micro-batch-size 4 x 1 data-parallel ranks)" in stdout
+    assert os.path.isfile(os.path.join(save, "latest_checkpointed_iteration.txt"))
+    # The log says where the weights come from; --fp16 on this CPU is called out once.
+    assert "no --load given" not in stdout
+    assert f"fine-tuning from --pretrained-checkpoint {bert_checkpoint} (encoder weights)" in stdout
+    assert stdout.count("notice: --fp16 on a CPU") == 1
+
+
+def test_readme_mnli_command_line_runs(bert_checkpoint, tmp_path):
+    stdout, _ = _run_readme("MNLI", bert_checkpoint, tmp_path)
+    assert {key: total for key, (_, total) in metrics(stdout).items()} == {
+        (e, n): 4 for e in range(1, 6) for n in ("dev_matched", "dev_mismatched")}
