@@ -69,11 +69,14 @@ def shard_of(args):
 
 
 def open_input(args):
-    """The retmmap dataset and the tokenizer that detokenises its chunks."""
+    """The retmmap dataset and the tokenizer that detokenises its chunks (the encoder is checked first)."""
     from megatron.core.datasets.indexed_dataset import IndexedDatasetError
     from megatron.core.datasets.retro_indexed_dataset import RetrievalIndexedDataset, is_retrieval_dataset
     from megatron.tokenizer import build_tokenizer
 
+    from megatron.retrieval.retro_embed import resolve_sentence_transformer
+
+    resolve_sentence_transformer(args.sentence_transformer_model)  # a missing model fails before any work
     prefix = args.input_file
     for suffix in (".idx", ".bin"):
         if not os.path.isfile(prefix + suffix):

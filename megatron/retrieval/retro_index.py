@@ -48,9 +48,9 @@ def factory_string(total_chunks, factory=None, no_pq=False, subquantizers=8):
     return f"IVF{nlist},Flat" if no_pq else f"IVF{nlist},PQ{subquantizers}"
 
 
-def check_training_size(factory, train_size, dim):
+def check_training_size(factory, train_size, dim=None):
     """One-line errors for a sample too small for the index (NeMo's ``30*nlist < train`` rule for
-    IVF, 256 points for PQ codebooks) and for dimensions PQ cannot split."""
+    IVF, 256 points for PQ codebooks) and, once ``dim`` is known, for dimensions PQ cannot split."""
     match = _IVF.search(factory)
     if match:
         nlist = int(match.group(1))
@@ -63,7 +63,7 @@ def check_training_size(factory, train_size, dim):
     pq = re.search(r"PQ(\d+)", factory)
     if pq:
         m = int(pq.group(1))
-        if dim % m:
+        if dim is not None and dim % m:
             raise IndexPlanError(f"PQ{m} needs the embedding size {dim} to be a multiple of {m} "
                                  f"(--subquantizers or --faiss_factory)")
         if train_size < 256:

@@ -74,10 +74,11 @@ def stage0(args, dataset, tokenizer):
     total = indexed_chunks(dataset, args.percent)
     if total == 0:
         raise RetroToolError(f"--input_file {args.input_file}: no chunks to index")
+    factory = retro_index.factory_string(total, args.faiss_factory, args.no_pq, args.subquantizers)
+    retro_index.check_training_size(factory, args.train_index_size)  # before loading anything heavy
     device = retro_embed.select_device(args.devices)
     model = retro_embed.load_sentence_transformer(args.sentence_transformer_model, device)
     dim = retro_embed.embedding_dimension(model)
-    factory = retro_index.factory_string(total, args.faiss_factory, args.no_pq, args.subquantizers)
     retro_index.check_training_size(factory, args.train_index_size, dim)
     index = retro_index.build_empty_index(dim, factory, args.faiss_factory_metric)
     log(f" > index {factory} ({args.faiss_factory_metric}) over {total} chunks of dimension {dim}: about "
