@@ -84,11 +84,23 @@ def loss_func(state, own_doc_in_topk, output_tensor):
     device = loss.device
     reported = {"marginal loss": loss.detach()}
     reported.update({key: value.detach() for key, value in metrics.items()})
+    if state is None:  # --realm-num-candidates 1: the reader alone, no index
+        return loss, reported
     own = np.concatenate(own_doc_in_topk) if own_doc_in_topk else np.zeros(0, bool)
     reported["source_doc_in_topk"] = torch.tensor(float(own.mean()) * 100.0 if len(own) else 0.0, device=device)
     reported["index staleness"] = torch.tensor(float(args.iteration - state.index.built_at), device=device)
     reported["index refresh s"] = torch.tensor(state.timer.last_seconds, device=device)
     return loss, reported
+
+
+def _null_document(batch: int, seq_length: int, device):
+    """``[batch, 1, seq_length]`` tokens and pad masks of the empty block ``[CLS] [SEP]``."""
+    tokenizer = get_tokenizer()
+    tokens = torch.full((batch, 1, seq_length), tokenizer.pad, dtype=torch.long)
+    tokens[:, 0, 0], tokens[:, 0, 1] = tokenizer.cls, tokenizer.sep
+    pad_mask = torch.zeros_like(tokens)
+    pad_mask[:, 0, :2] = 1
+    return tokens.to(device), pad_mask.to(device)
 
 
 def forward_step(data_iterator, model):
@@ -103,9 +115,21 @@ def forward_step(data_iterator, model):
     timers("batch-generator", log_level=2).stop()
 
     core = unwrap_model(model)
+    own_doc_in_topk = []
+    if args.realm_num_candidates == 1:
+        # No retrieval: every query reads the null document only, i.e. the reader alone on the query.
+        state = None
+
+        def retrieve(query_embeddings):
+            tokens, pad_mask = _null_document(query_embeddings.shape[0], args.seq_length, device)
+            return tokens, pad_mask
+
+        output = model(inputs["query_tokens"], inputs["query_pad_mask"], inputs["mask_positions"],
+                       inputs["mask_labels"], inputs["mask_valid"], retrieve=retrieve)
+        return output, partial(loss_func, state, own_doc_in_topk)
+
     state = _index_state()
     state.prepare(core, args.iteration, training=core.training)
-    own_doc_in_topk = []
 
     def retrieve(query_embeddings):
         positions, own = state.index.search(query_embeddings, query_docs, args.realm_num_candidates - 1)

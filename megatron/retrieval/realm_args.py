@@ -11,7 +11,7 @@ def add_realm_args(parser):
     group = parser.add_argument_group(title="REALM (retrieval-augmented masked-LM pretraining)")
     group.add_argument("--realm-num-candidates", type=int, default=8,
                        help="Documents scored per query: the null document plus this many minus one retrieved "
-                            "blocks (REALM: 8).")
+                            "blocks (REALM: 8); 1 trains the reader alone on the same queries (no retrieval).")
     group.add_argument("--query-seq-length", type=int, default=96,
                        help="Tokens of a query ([CLS] sentence [SEP]); the reader's joint input is "
                             "query-seq-length + seq-length - 1 tokens (REALM: 96 + 288).")
@@ -41,9 +41,9 @@ def add_realm_args(parser):
 
 def check_realm_args(args) -> None:
     """Raise ValueError naming the flag when REALM cannot run with ``args``."""
-    if args.realm_num_candidates < 2:
-        raise ValueError(f"--realm-num-candidates {args.realm_num_candidates}: needs the null document and at "
-                         f"least one retrieved block (2 or more)")
+    if args.realm_num_candidates < 1:
+        raise ValueError(f"--realm-num-candidates {args.realm_num_candidates}: needs at least the null document (1: "
+                         f"the reader alone, no retrieval)")
     if args.realm_max_masks < 1:
         raise ValueError(f"--realm-max-masks {args.realm_max_masks} must be positive")
     if args.index_refresh_interval < 0:
