@@ -528,6 +528,18 @@ def _validate_lr_and_weight_decay(args) -> None:
         raise ValueError("--override-lr-scheduler and --use-checkpoint-lr-scheduler are mutually exclusive")
 
 
+def _validate_torch_compile(args) -> None:
+    if _given(args, "torch_compile_backend") and not args.torch_compile:
+        raise ValueError("--torch-compile-backend needs --torch-compile")
+    if args.torch_compile:
+        import torch._dynamo
+
+        backends = torch._dynamo.list_backends(exclude_tags=())
+        if args.torch_compile_backend not in backends:
+            raise ValueError(f"--torch-compile-backend {args.torch_compile_backend!r} is not one of "
+                             f"{', '.join(sorted(backends))}")
+
+
 def _validate_precision(args) -> None:
     if args.fp16 and args.bf16:
         raise ValueError("--fp16 and --bf16 are mutually exclusive")
@@ -660,6 +672,7 @@ def validate_args(args, defaults={}):
     _validate_batch(args)
     _validate_training_length(args)
     _validate_precision(args)
+    _validate_torch_compile(args)
     _validate_checkpointing(args)
     _validate_logging_and_data(args)
     args.consumed_train_samples = 0

@@ -26,6 +26,7 @@ from megatron.model_setup import compile_transformer_layers
 ROOT = Path(__file__).resolve().parents[3]
 DRIVER = Path(__file__).with_name("tiny_gpt_training.py")
 sys.path.insert(0, str(ROOT / "tests" / "distributed"))
+sys.path.insert(0, str(Path(__file__).parent))
 
 
 def single_groups():
@@ -198,3 +199,36 @@ def test_compiled_training_equals_eager_tp2_torchrun(tmp_path):
 def test_inductor_training_equals_eager_tp1(eager_tp1, tmp_path):
     compiled, _ = _train(tmp_path, "inductor", "--torch-compile")
     _assert_same_losses(eager_tp1["losses"], compiled["losses"])
+
+
+# -- flags -------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("flags, message", [
+    (["--torch-compile", "--torch-compile-backend", "nope"], "--torch-compile-backend 'nope' is not one of"),
+    (["--torch-compile-backend", "eager"], "--torch-compile-backend needs --torch-compile"),
+])
+def test_bad_compile_flags_are_one_line_errors(flags, message):
+    from megatron.arguments import parse_args
+    from tiny_gpt_training import BASE_ARGS
+
+    with pytest.raises(ValueError) as err:
+        parse_args(argv=BASE_ARGS + flags)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_cpu_fusion_flags_choose_between_reference_and_compiled_form():
+    from megatron.core.fusions import fused, ops, select
+
+    torch._dynamo.reset()
+    x, b = torch.randn(3, 2, 8), torch.randn(8)
+    try:
+        select.set_cpu_fusion_mode("compiled", backend="aot_eager")
+        torch._dynamo.utils.counters.clear()
+        fused.bias_gelu(b, x, "none", enabled=False)
+        assert not torch._dynamo.utils.counters["stats"]["unique_graphs"], "a disabled fusion must not compile"
+        got = fused.bias_gelu(b, x, "none", enabled=True)
+        assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
+        torch.testing.assert_close(got, ops.bias_gelu_any(b, x, "none"))
+    finally:
+        select.set_cpu_fusion_mode("reference")
+    with pytest.raises(ValueError, match="fusion mode 'fast' is not one of"):
+        select.set_cpu_fusion_mode("fast")
