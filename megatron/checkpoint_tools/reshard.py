@@ -101,13 +101,85 @@ def _rank_dirname(tp_rank: int, pp_rank: int, pp_size: int) -> str:
 
 
 # -- reading ------------------------------------------------------------------------------------
-class SourceCheckpoint:
-    """All shard files of one checkpoint iteration, flattened (legacy names and QKV orders fixed)."""
+_ITERATION_DIRNAME = re.compile(r"^iter_(\d+)$")
 
-    def __init__(self, load_dir: str):
-        self.load_dir = load_dir
-        self.iteration, self.release = read_tracker(load_dir)
-        self.iteration_dir = resolve_iteration_dir(load_dir, self.iteration, self.release)
+
+def select_iteration(path: str, iteration: Optional[int] = None) -> Tuple[str, int, bool]:
+    """``(checkpoint directory, iteration, release)`` for a converter's ``--load PATH [--iteration N]``.
+
+    ``PATH`` is a checkpoint directory (the tracker names the iteration unless ``--iteration`` does)
+    or one of its ``iter_*``/``release`` directories.
+    """
+    path = os.path.normpath(path)
+    name = os.path.basename(path)
+    match = _ITERATION_DIRNAME.match(name)
+    if (match or name == "release") and os.path.isdir(path):
+        found = int(match.group(1)) if match else 0
+        if iteration is not None and (name == "release" or iteration != found):
+            raise CheckpointError(f"--iteration {iteration} disagrees with the iteration directory {path}")
+        return os.path.dirname(path) or ".", found, name == "release"
+    if iteration is None:
+        tracker = get_checkpoint_tracker_filename(path)
+        if not os.path.isfile(tracker) and os.path.isdir(path):
+            held = available_iterations(path)
+            if held:
+                raise CheckpointError(f"no checkpoint tracker file {tracker}; pick one of the iterations "
+                                      f"{held[:8]} with --iteration N (or load an iter_* directory)")
+        iteration, release = read_tracker(path)
+        return path, iteration, release
+    if iteration < 0:
+        raise CheckpointError(f"--iteration {iteration} must be >= 0")
+    wanted = os.path.join(path, f"iter_{iteration:07d}")
+    if not os.path.isdir(wanted):
+        held = available_iterations(path) if os.path.isdir(path) else []
+        raise CheckpointError(f"--iteration {iteration}: {wanted} does not exist; {path} holds iterations {held[:8]}")
+    return path, iteration, False
+
+
+def available_iterations(load_dir: str) -> List[int]:
+    """The iterations saved (complete) under ``load_dir``, in increasing order."""
+    found = []
+    for name in os.listdir(load_dir):
+        match = _ITERATION_DIRNAME.match(name)
+        if match and os.path.isdir(os.path.join(load_dir, name)):
+            found.append(int(match.group(1)))
+    return sorted(found)
+
+
+def model_family(keys) -> Tuple[str, str]:
+    """What a (flattened) checkpoint holds, from its tensor names: ``(GPT|BERT|T5|biencoder, evidence)``."""
+    keys = sorted(keys)
+    for family, telling in (("biencoder", lambda k: k.startswith(("query_model.", "context_model."))),
+                            ("T5", lambda k: ".decoder." in k),
+                            ("BERT", lambda k: any(part in k for part in (
+                                "lm_head.dense.", "binary_head.", "classification_head.", "multichoice_head.",
+                                "pooler.", "tokentype_embeddings.")))):
+        evidence = next((k for k in keys if telling(k)), None)
+        if evidence is not None:
+            return family, f"it has {evidence}"
+    return "GPT", "no BERT head, pooler or token-type embedding and no decoder"
+
+
+def check_model_type(source: "SourceCheckpoint", model_type: Optional[str]) -> None:
+    """Refuse ``--model-type`` when the checkpoint holds another kind of model."""
+    if model_type is None:
+        return
+    family, evidence = model_family(k for chunks in source.shards.values() for chunk in chunks for k in chunk)
+    accepted = {"BERT": ("BERT", "biencoder"), "RACE": ("BERT",), "MNLI": ("BERT",), "QQP": ("BERT",)}
+    if family not in accepted.get(model_type, (model_type,)):
+        raise CheckpointError(f"--model-type {model_type} but {source.iteration_dir} holds a {family} model "
+                              f"({evidence})")
+
+
+class SourceCheckpoint:
+    """All shard files of one checkpoint iteration, flattened (legacy names and QKV orders fixed).
+
+    ``load_dir`` may also be an ``iter_*`` directory; ``iteration`` picks one other than the tracker's.
+    """
+
+    def __init__(self, load_dir: str, iteration: Optional[int] = None):
+        self.load_dir, self.iteration, self.release = select_iteration(load_dir, iteration)
+        self.iteration_dir = resolve_iteration_dir(self.load_dir, self.iteration, self.release)
         first = self._file(0, 0)
         state = load_checkpoint_file(first)
         self.args = state.get("args")
@@ -405,17 +477,21 @@ def check_target_tp(args, target_tp: int, flag: str) -> None:
 
 
 def reshard_checkpoint(load_dir: str, save_dir: str, target_tp: int, target_pp: int,
-                       true_vocab_size: Optional[int] = None, target_split_rank: Optional[int] = None) -> str:
+                       true_vocab_size: Optional[int] = None, target_split_rank: Optional[int] = None,
+                       iteration: Optional[int] = None, model_type: Optional[str] = None) -> str:
     """Read ``load_dir`` at any layout and write it to ``save_dir`` at ``target_tp x target_pp``.
 
     An encoder-decoder (T5) target with more than one stage is split at ``target_split_rank``;
     by default at the source's split when the pipeline size is unchanged, else at half the stages.
+    ``iteration`` picks a saved iteration other than the tracker's (``load_dir`` may also be an
+    ``iter_*`` directory); ``model_type`` (GPT, BERT, T5), when given, must be what the checkpoint holds.
     """
     if target_tp < 1 or target_pp < 1:
         raise CheckpointError(f"target sizes must be at least 1 (got TP {target_tp}, PP {target_pp})")
     if os.path.abspath(load_dir) == os.path.abspath(save_dir):
         raise CheckpointError(f"--save-dir {save_dir} must differ from --load-dir")
-    source = SourceCheckpoint(load_dir)
+    source = SourceCheckpoint(load_dir, iteration)
+    check_model_type(source, model_type)
     full = merge_shards(source)
     check_target_tp(source.args, target_tp, "--target-tensor-parallel-size")
     padded = target_padded_vocab_size(source.args, target_tp, true_vocab_size)

@@ -136,3 +136,103 @@ def test_t5_split_pipeline_checkpoint_reshards_to_tp1_with_the_same_loss(data, t
     tool("checkpoint_util.py", "--load-dir", tp1, "--save-dir", pp2, "--target-pipeline-parallel-size", "2")
     assert losses(pp2, 2, "--pipeline-model-parallel-size", "2", "--pipeline-model-parallel-split-rank", "1") == \
         pytest.approx(want, rel=1e-5)
+
+
+# -- choosing the iteration, and the model type (checkpoints written in-process, no training) ----
+def _tiny_checkpoint(directory, iterations=(3, 5), bert=False):
+    """A tiny GPT (or BERT) saved at each of ``iterations`` with different weights; the tracker names the last."""
+    import argparse
+
+    import torch
+
+    from megatron.checkpoint_tools.reshard import write_checkpoint
+    from megatron.core.models import BertModel, GPTModel
+    from megatron.core.transformer import TransformerConfig
+
+    config = TransformerConfig(num_layers=2, hidden_size=32, num_attention_heads=4, hidden_dropout=0.0,
+                               attention_dropout=0.0)
+    args = argparse.Namespace(num_layers=2, hidden_size=32, num_attention_heads=4, kv_channels=8, ffn_hidden_size=128,
+                              max_position_embeddings=16, seq_length=16, padded_vocab_size=64,
+                              make_vocab_size_divisible_by=8, tensor_model_parallel_size=1,
+                              pipeline_model_parallel_size=1, layernorm_epsilon=1e-5, openai_gelu=True,
+                              bias_gelu_fusion=True, hidden_dropout=0.0, attention_dropout=0.0, tokenizer_type=None)
+    weights = {}
+    for iteration in iterations:
+        torch.manual_seed(iteration)
+        model = BertModel(config, 64, 16) if bert else GPTModel(config, 64, 16)
+        weights[iteration] = {k: v.clone() for k, v in model.state_dict().items()}
+        write_checkpoint(str(directory), {(0, 0): dict(model.state_dict())}, args, iteration, release=False)
+    return str(directory), weights
+
+
+def _merged(directory):
+    from megatron.checkpoint_tools.reshard import SourceCheckpoint, merge_shards
+
+    source = SourceCheckpoint(str(directory))
+    return source.iteration, merge_shards(source)
+
+
+def _same(full, weights):
+    import torch
+
+    return sorted(full) == sorted(weights) and all(torch.equal(full[k], weights[k]) for k in weights)
+
+
+def test_converters_take_an_iteration_or_an_iter_directory(tmp_path, capsys):
+    from tools.checkpoint_util import main as checkpoint_util
+    from tools.convert_hf_checkpoint import main as convert_hf
+    from tools.merge_mp_partitions import main as merge_mp
+
+    ckpt, weights = _tiny_checkpoint(tmp_path / "gpt")
+    assert (tmp_path / "gpt" / "latest_checkpointed_iteration.txt").read_text().strip() == "5"
+    resharded = tmp_path / "tp2_it3"
+    assert checkpoint_util(["--model-type", "GPT", "--load-dir", ckpt, "--iteration", "3", "--save-dir",
+                            str(resharded), "--target-tensor-parallel-size", "2"]) == 0
+    iteration, full = _merged(resharded)
+    assert iteration == 3 and _same(full, weights[3])
+    assert checkpoint_util(["--load-dir", os.path.join(ckpt, "iter_0000003"), "--save-dir", str(tmp_path / "b")]) == 0
+    iteration, full = _merged(tmp_path / "b")
+    assert iteration == 3 and _same(full, weights[3])
+    assert checkpoint_util(["--load-dir", ckpt, "--save-dir", str(tmp_path / "latest")]) == 0
+    assert _same(_merged(tmp_path / "latest")[1], weights[5])
+
+    assert merge_mp(["--model-type", "GPT", "--tensor-model-parallel-size", "2", "--load",
+                     os.path.join(str(resharded), "iter_0000003"), "--save", str(tmp_path / "merged")]) == 0
+    assert _same(_merged(tmp_path / "merged")[1], weights[3])
+    assert merge_mp(["--model-type", "GPT", "--tensor-model-parallel-size", "1", "--load", ckpt, "--iteration", "3",
+                     "--save", str(tmp_path / "merged3")]) == 0
+    assert _same(_merged(tmp_path / "merged3")[1], weights[3])
+
+    from safetensors.torch import load_file
+
+    assert convert_hf(["--direction", "to-hf", "--model-type", "GPT", "--load", ckpt, "--iteration", "3",
+                       "--save", str(tmp_path / "hf")]) == 0
+    exported = load_file(str(tmp_path / "hf" / "model.safetensors"))
+    import torch
+
+    assert torch.equal(exported["transformer.wte.weight"], weights[3]["language_model.embedding.word_embeddings.weight"])
+
+    capsys.readouterr()
+    assert checkpoint_util(["--load-dir", ckpt, "--iteration", "4", "--save-dir", str(tmp_path / "c")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--iteration 4:" in err[0] and "holds iterations [3, 5]" in err[0], err
+
+
+def test_checkpoint_util_refuses_a_wrong_model_type(tmp_path, capsys):
+    from tools.checkpoint_util import main as checkpoint_util
+    from tools.merge_mp_partitions import main as merge_mp
+
+    gpt, _ = _tiny_checkpoint(tmp_path / "gpt", iterations=(2,))
+    bert, _ = _tiny_checkpoint(tmp_path / "bert", iterations=(2,), bert=True)
+    capsys.readouterr()
+    assert checkpoint_util(["--model-type", "BERT", "--load-dir", gpt, "--save-dir", str(tmp_path / "a")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--model-type BERT but" in err[0] and "holds a GPT model" in err[0], err
+    assert not os.path.exists(tmp_path / "a")
+    assert checkpoint_util(["--model-type", "GPT", "--load-dir", bert, "--save-dir", str(tmp_path / "b")]) == 1
+    err = capsys.readouterr().err
+    assert "--model-type GPT but" in err and "holds a BERT model (it has " in err
+    assert checkpoint_util(["--model-type", "T5", "--load-dir", gpt, "--save-dir", str(tmp_path / "c")]) == 1
+    assert merge_mp(["--model-type", "BERT", "--load", gpt, "--save", str(tmp_path / "d")]) == 1
+    assert "holds a GPT model" in capsys.readouterr().err
+    assert checkpoint_util(["--model-type", "BERT", "--load-dir", bert, "--save-dir", str(tmp_path / "e")]) == 0

@@ -172,3 +172,111 @@ def test_megatron_bert_import_matches_transformers(tmp_path):
     real = mask.bool()
     torch.testing.assert_close(lm[real], output.prediction_logits[real], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(binary, output.seq_relationship_logits, rtol=1e-5, atol=1e-5)
+
+
+def _edit_config(directory, **changes):
+    path = os.path.join(directory, "config.json")
+    with open(path) as f:
+        config = json.load(f)
+    config.update(changes)
+    with open(path, "w") as f:
+        json.dump(config, f)
+    return path
+
+
+@pytest.mark.parametrize("changes, named", [
+    ({"n_inner": 64}, "tensor transformer.h.0.mlp.c_fc.weight has shape [32, 128] but"),
+    ({"n_embd": 48, "n_head": 4}, "tensor transformer.wte.weight has shape [64, 32] but"),
+    ({"n_layer": 1}, "tensor transformer.h.1.attn.c_attn.bias belongs to layer 1 but"),
+    ({"n_layer": 3}, "has no tensor h.2.ln_1.weight, which"),
+    ({"n_positions": 8}, "tensor transformer.wpe.weight has shape [16, 32] but"),
+])
+def test_gpt_import_refuses_a_config_that_disagrees_with_the_weights(tmp_path, capsys, changes, named):
+    hf_config = transformers.GPT2Config(vocab_size=VOCAB, n_positions=SEQ, n_embd=HIDDEN, n_layer=LAYERS,
+                                        n_head=HEADS)
+    transformers.GPT2LMHeadModel(hf_config).save_pretrained(str(tmp_path / "hf"))
+    config_path = _edit_config(str(tmp_path / "hf"), **changes)
+    assert convert(["--direction", "from-hf", "--model-type", "GPT", "--load", str(tmp_path / "hf"),
+                    "--save", str(tmp_path / "ours")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and named in err and config_path in err, err
+    assert not os.path.exists(tmp_path / "ours")
+
+
+def test_llama_import_refuses_wrong_key_value_heads(tmp_path, capsys):
+    hf_config = transformers.LlamaConfig(vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=48,
+                                         num_hidden_layers=1, num_attention_heads=HEADS, num_key_value_heads=2,
+                                         max_position_embeddings=SEQ)
+    transformers.LlamaForCausalLM(hf_config).save_pretrained(str(tmp_path / "hf"))
+    _edit_config(str(tmp_path / "hf"), num_key_value_heads=4)
+    assert convert(["--direction", "from-hf", "--model-type", "llama", "--load", str(tmp_path / "hf"),
+                    "--save", str(tmp_path / "ours")]) == 1
+    err = capsys.readouterr().err
+    assert "tensor model.layers.0.self_attn.k_proj.weight has shape [16, 32] but" in err and "implies [32, 32]" in err
+
+
+def _gpt2_tokenizer_files(directory):
+    """A byte-level BPE trained by the tokenizers library (the reference GPT-2 tokenizers are made with)."""
+    from tokenizers import ByteLevelBPETokenizer
+
+    trainer = ByteLevelBPETokenizer()
+    text = ["The module defines a class.", "Return the number of items in the list.", "import os, sys"] * 20
+    trainer.train_from_iterator(text, vocab_size=300, min_frequency=2, special_tokens=["<|endoftext|>"])
+    os.makedirs(directory, exist_ok=True)
+    trainer.save_model(str(directory))
+    return os.path.join(directory, "vocab.json"), os.path.join(directory, "merges.txt")
+
+
+def test_export_writes_a_tokenizer_that_auto_tokenizer_loads(tmp_path):
+    from megatron.tokenizer.gpt2 import GPT2BPETokenizer
+
+    vocab_file, merge_file = _gpt2_tokenizer_files(tmp_path / "tok")
+    ours_tokenizer = GPT2BPETokenizer(vocab_file, merge_file)
+    vocab = 320  # the tokenizer's ~300 ids padded, as training pads them
+    model = _randomize(GPTModel(_config(), vocab, SEQ, parallel_output=False), 7)
+    args = _args(openai_gelu=True, bias_gelu_fusion=True)
+    args.padded_vocab_size = vocab
+    args.tokenizer_type, args.vocab_file, args.merge_file = "GPT2BPETokenizer", vocab_file, merge_file
+    ckpt = _save_ours(model, tmp_path / "ours", args)
+    export = str(tmp_path / "hf")
+    assert convert(["--direction", "to-hf", "--model-type", "GPT", "--load", ckpt, "--save", export]) == 0
+    assert sorted(os.listdir(export)) == ["config.json", "merges.txt", "model.safetensors", "tokenizer_config.json",
+                                          "vocab.json"]
+    theirs_tokenizer = transformers.AutoTokenizer.from_pretrained(export)
+    theirs_model = transformers.AutoModelForCausalLM.from_pretrained(export).eval()
+    text = "The module returns the number of items."
+    ids = theirs_tokenizer(text)["input_ids"]
+    assert ids == ours_tokenizer.tokenize(text) and theirs_tokenizer.decode(ids) == text
+    assert theirs_tokenizer.eos_token_id == ours_tokenizer.eod
+    tokens = torch.tensor([ids[:SEQ]])
+    with torch.no_grad():
+        torch.testing.assert_close(theirs_model(tokens).logits, model(tokens), rtol=1e-5, atol=1e-5)
+
+
+def test_bert_export_writes_a_wordpiece_tokenizer(tmp_path):
+    from megatron.tokenizer import bert_uncased_vocab_path
+    from megatron.tokenizer.bert import BertWordPieceLowerCase
+
+    vocab_file = bert_uncased_vocab_path()
+    ours_tokenizer = BertWordPieceLowerCase(vocab_file)
+    model = _randomize(BertModel(_config(bias_gelu_fusion=False), ours_tokenizer.vocab_size, SEQ), 8)
+    args = _args(openai_gelu=False, bias_gelu_fusion=False)
+    args.padded_vocab_size = ours_tokenizer.vocab_size
+    args.tokenizer_type, args.vocab_file = "BertWordPieceLowerCase", vocab_file
+    export = str(tmp_path / "hf")
+    assert convert(["--direction", "to-hf", "--model-type", "BERT", "--load", _save_ours(model, tmp_path / "o", args),
+                    "--save", export]) == 0
+    theirs = transformers.AutoTokenizer.from_pretrained(export)
+    text = "Héllo, World! The module's __init__ returns 42 items."
+    assert theirs(text, add_special_tokens=False)["input_ids"] == ours_tokenizer.tokenize(text)
+    assert theirs.cls_token_id == ours_tokenizer.cls and theirs.sep_token_id == ours_tokenizer.sep
+    assert type(transformers.AutoModelForPreTraining.from_pretrained(export)).__name__ == "MegatronBertForPreTraining"
+
+
+def test_export_without_tokenizer_files_says_so(tmp_path, capsys):
+    args = _args(openai_gelu=True, bias_gelu_fusion=True)
+    args.tokenizer_type, args.vocab_file, args.merge_file = "GPT2BPETokenizer", str(tmp_path / "gone.json"), "m"
+    ckpt = _save_ours(_randomize(GPTModel(_config(), VOCAB, SEQ), 9), tmp_path / "ours", args)
+    assert convert(["--direction", "to-hf", "--model-type", "GPT", "--load", ckpt, "--save", str(tmp_path / "hf")]) == 0
+    notice = [line for line in capsys.readouterr().out.splitlines() if "notice" in line]
+    assert len(notice) == 1 and f"vocab_file {tmp_path / 'gone.json'} does not exist" in notice[0]
