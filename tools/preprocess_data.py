@@ -52,8 +52,9 @@ def get_args(argv=None):
     group = parser.add_argument_group("input data")
     group.add_argument("--input", required=True,
                        help="a loose-JSON file (one object per line, optionally .gz), a glob, or a directory")
-    group.add_argument("--json-keys", nargs="+", default=["text"],
-                       help="keys to extract from each JSON object; one output per key")
+    group.add_argument("--json-keys", "--json-key", dest="json_keys", nargs="+", default=["text"],
+                       help="keys to extract from each JSON object; one output per key "
+                            "(--json-key, NeMo's spelling, is the same flag)")
     group.add_argument("--split-sentences", action="store_true", help="split documents into sentences")
     group.add_argument("--keep-newlines", action="store_true",
                        help="keep newlines between sentences when splitting")

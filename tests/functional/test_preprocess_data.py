@@ -305,3 +305,14 @@ def test_tokenizer_model_flag_for_huggingface_and_sentencepiece(tmp_path, small_
                       "HuggingFaceTokenizer", "--tokenizer-model", hf_json, "--append-eod", check=False)
     assert result.returncode == 1
     assert "--append-eod: HuggingFaceTokenizer has no eod token" in result.stderr
+
+
+def test_json_key_is_nemos_spelling_of_json_keys(tmp_path, small_corpus, gpt2_files):
+    """NeMo's documentation spells the flag --json-key; it selects keys exactly as --json-keys does."""
+    vocab, merges = gpt2_files
+    common = ["--input", small_corpus, "--tokenizer-type", "GPT2BPETokenizer", "--vocab-file", vocab,
+              "--merge-file", merges, "--workers", "1"]
+    run_tool(*common, "--json-key", "title", "--output-prefix", tmp_path / "nemo")
+    run_tool(*common, "--json-keys", "title", "--output-prefix", tmp_path / "megatron")
+    assert not os.path.exists(tmp_path / "nemo_text_document.bin")
+    assert _read_all(str(tmp_path / "nemo_title_document")) == _read_all(str(tmp_path / "megatron_title_document"))
