@@ -330,6 +330,14 @@ _CHECKED_ARGS = (
     ("make_vocab_size_divisible_by", "--make-vocab-size-divisible-by"),
     ("padded_vocab_size", "the padded vocabulary size (--vocab-file, --make-vocab-size-divisible-by)"),
     ("tokenizer_type", "--tokenizer-type"),
+    # Architecture choices that change no tensor shape (or only add/drop a bias) are named here,
+    # not left to a strict state-dict load: a rope model must not silently resume as learned/none.
+    ("position_embedding_type", "--position-embedding-type"),
+    ("num_query_groups", "--num-query-groups"),
+    ("swiglu", "--swiglu"),
+    ("normalization", "--normalization"),
+    ("add_bias_linear", "--disable-bias-linear"),
+    ("untie_embeddings_and_output_weights", "--untie-embeddings-and-output-weights"),
 )
 
 

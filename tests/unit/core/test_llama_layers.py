@@ -213,3 +213,15 @@ def test_dry_run_counts_the_llama_parameters(pp):
     assert result["total_parameters"] == sum(p.numel() for p in model.parameters())
     assert sum(stage.tied_copy for stage in result["stages"]) == 0
     assert result["sum_of_stages"] == result["total_parameters"]
+
+
+def test_checkpoint_args_name_a_changed_architecture():
+    from megatron.checkpointing import CheckpointError, check_checkpoint_args
+
+    saved = parse_args(argv=LLAMA_FLAGS.split())
+    check_checkpoint_args(saved, parse_args(argv=LLAMA_FLAGS.split()), "ckpt/model_optim_rng.pt", 3.0)
+    run = parse_args(argv=LLAMA_FLAGS.replace("--position-embedding-type rope --rotary-base 500000", "").split())
+    with pytest.raises(CheckpointError, match="saved with position_embedding_type rope but this run has none"):
+        check_checkpoint_args(saved, run, "ckpt/model_optim_rng.pt", 3.0)
+    older = argparse.Namespace(**{k: v for k, v in vars(saved).items() if k not in ("swiglu", "num_query_groups")})
+    check_checkpoint_args(older, parse_args(argv=LLAMA_FLAGS.split()), "ckpt/model_optim_rng.pt", 3.0)
