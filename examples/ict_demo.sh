@@ -13,6 +13,8 @@
 # Everything goes under $DEMO_DIR (default ./demo); sizes and lengths are environment overrides
 # (the CI test runs it with a few iterations).
 set -euo pipefail
+# The interpreter to run (its torch and this package): PYTHON=/path/to/venv/bin/python to choose one.
+PYTHON=${PYTHON:-python3}
 cd "$(dirname "$0")/.."
 DEMO_DIR=${DEMO_DIR:-demo}
 WORKERS=${WORKERS:-2}
@@ -26,7 +28,7 @@ BATCH=${BATCH:-32}
 SPLIT=${SPLIT:-85,5,10}
 BASELINES=${BASELINES---sentence-transformer-baseline}
 CKPT="$DEMO_DIR/checkpoints"
-VOCAB=$(python -c "from megatron.tokenizer import bert_uncased_vocab_path; print(bert_uncased_vocab_path())")
+VOCAB=$("$PYTHON" -c "from megatron.tokenizer import bert_uncased_vocab_path; print(bert_uncased_vocab_path())")
 BODY="$DEMO_DIR/bert_text_sentence"
 TITLES="$DEMO_DIR/bert_title_sentence"
 MODEL="--num-layers $LAYERS --hidden-size $HIDDEN --num-attention-heads $HEADS --seq-length $SEQ --max-position-embeddings $SEQ"
@@ -41,7 +43,7 @@ fi
 rm -rf "$CKPT/ict_bert" "$CKPT/ict" "$DEMO_DIR/embedded_blocks.pkl"
 
 echo "== 2. BERT pretraining ($BERT_ITERS iterations)"
-python pretrain_bert.py $MODEL \
+"$PYTHON" pretrain_bert.py $MODEL \
     --micro-batch-size "$BATCH" --global-batch-size "$BATCH" --train-iters "$BERT_ITERS" \
     --data-path "$BODY" --vocab-file "$VOCAB" --split "$SPLIT" \
     --lr 1e-3 --min-lr 1e-4 --lr-decay-style linear --lr-warmup-fraction .05 --weight-decay 1e-2 --clip-grad 1.0 \
@@ -53,8 +55,8 @@ echo "== 3. ICT pretraining from the BERT ($ICT_ITERS iterations)"
 # --checkpoint-activations, --warmup), scaled down, plus the 2021 shared-tower flag; --fp16 only
 # where a GPU runs it.
 PRECISION=""
-if python -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then PRECISION="--fp16"; fi
-python pretrain_ict.py $ICT_MODEL \
+if "$PYTHON" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then PRECISION="--fp16"; fi
+"$PYTHON" pretrain_ict.py $ICT_MODEL \
     --batch-size "$BATCH" --train-iters "$ICT_ITERS" --checkpoint-activations \
     --bert-load "$CKPT/ict_bert" --load "$CKPT/ict" --save "$CKPT/ict" \
     --data-path "$BODY" --titles-data-path "$TITLES" --vocab-file "$VOCAB" --split "$SPLIT" \
@@ -63,12 +65,12 @@ python pretrain_ict.py $ICT_MODEL \
     $PRECISION
 
 echo "== 4. block embedding index of the whole corpus"
-python tools/create_doc_index.py $ICT_MODEL --batch-size "$BATCH" \
+"$PYTHON" tools/create_doc_index.py $ICT_MODEL --batch-size "$BATCH" \
     --ict-load "$CKPT/ict" --data-path "$BODY" --titles-data-path "$TITLES" --vocab-file "$VOCAB" \
     --block-data-path "$DEMO_DIR/embedded_blocks.pkl" --indexer-batch-size 64 --indexer-log-interval 10
 
 echo "== 5. held-out inverse-cloze retrieval"
-python tools/eval_ict_heldout.py $ICT_MODEL --micro-batch-size "$BATCH" \
+"$PYTHON" tools/eval_ict_heldout.py $ICT_MODEL --micro-batch-size "$BATCH" \
     --data-path "$BODY" --titles-data-path "$TITLES" --vocab-file "$VOCAB" --split "$SPLIT" \
     --bert-load "$CKPT/ict_bert" --ict-load "$CKPT/ict" $BASELINES --topk 1 5 20 \
     --json-output "$DEMO_DIR/ict_heldout.json"

@@ -3,19 +3,21 @@
 # Every size is an environment variable so that the same script runs as a smoke test:
 #   NUM_LAYERS=2 HIDDEN_SIZE=64 NUM_HEADS=4 SEQ_LENGTH=64 TRAIN_ITERS=20 bash examples/pretrain_gpt.sh
 set -euo pipefail
+# The interpreter to run (its torch and this package): PYTHON=/path/to/venv/bin/python to choose one.
+PYTHON=${PYTHON:-python3}
 cd "$(dirname "$0")/.."
 
 DATA_PATH=${DATA_PATH:-demo/gpt_text_document}
 VOCAB_FILE=${VOCAB_FILE:-demo/gpt2/vocab.json}
 MERGE_FILE=${MERGE_FILE:-demo/gpt2/merges.txt}
 CHECKPOINT_PATH=${CHECKPOINT_PATH:-checkpoints/gpt2_345m}
-if python -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+if "$PYTHON" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then
     PRECISION=${PRECISION---fp16}
 else
     PRECISION=${PRECISION-}
 fi
 
-python pretrain_gpt.py \
+"$PYTHON" pretrain_gpt.py \
     --num-layers "${NUM_LAYERS:-24}" \
     --hidden-size "${HIDDEN_SIZE:-1024}" \
     --num-attention-heads "${NUM_HEADS:-16}" \

@@ -12,6 +12,8 @@
 #SBATCH --gpus-per-node=8
 #SBATCH --exclusive
 set -euo pipefail
+# The interpreter to run (its torch and this package): PYTHON=/path/to/venv/bin/python to choose one.
+PYTHON=${PYTHON:-python3}
 cd "${SLURM_SUBMIT_DIR:-$(dirname "$0")/..}"
 
 DATA_PATH=${DATA_PATH:-demo/gpt_text_document}
@@ -56,7 +58,7 @@ if [ -n "$RAMPUP_BATCH_SIZE" ]; then
     # shellcheck disable=SC2206  # three numbers: start, increment, samples
     TRAINING_ARGS+=(--rampup-batch-size $RAMPUP_BATCH_SIZE)
 fi
-if python -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+if "$PYTHON" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then
     PRECISION=${PRECISION---fp16}
 else
     PRECISION=${PRECISION-}
@@ -69,7 +71,7 @@ fi
 
 if [ -n "${DRY_RUN:-}" ]; then
     # No processes, no GPUs, no data: validate the 1,024-rank layout and print the plan.
-    exec python pretrain_gpt.py "${MODEL_ARGS[@]}" "${TRAINING_ARGS[@]}" \
+    exec "$PYTHON" pretrain_gpt.py "${MODEL_ARGS[@]}" "${TRAINING_ARGS[@]}" \
         --dry-run --world-size $((NNODES * GPUS_PER_NODE)) --vocab-size "${VOCAB_SIZE:-50257}" ${EXTRA_ARGS:-}
 fi
 
@@ -84,7 +86,7 @@ DATA_ARGS=(
 )
 MASTER_ADDR=${MASTER_ADDR:-$(scontrol show hostnames "${SLURM_JOB_NODELIST:-localhost}" 2>/dev/null | head -n 1 || echo localhost)}
 MASTER_PORT=${MASTER_PORT:-6000}
-LAUNCH=(python -m torch.distributed.run --nproc_per_node "$GPUS_PER_NODE" --nnodes "$NNODES"
+LAUNCH=("$PYTHON" -m torch.distributed.run --nproc_per_node "$GPUS_PER_NODE" --nnodes "$NNODES"
         --rdzv_id "${SLURM_JOB_ID:-gpt3}" --rdzv_backend c10d --rdzv_endpoint "$MASTER_ADDR:$MASTER_PORT"
         pretrain_gpt.py "${MODEL_ARGS[@]}" "${TRAINING_ARGS[@]}" "${DATA_ARGS[@]}")
 if [ -n "${SLURM_JOB_ID:-}" ]; then

@@ -3,13 +3,15 @@
 # Sizes are environment variables, as in the single-process script, e.g. on a CPU:
 #   GPUS_PER_NODE=2 NUM_LAYERS=2 HIDDEN_SIZE=64 NUM_HEADS=4 SEQ_LENGTH=64 TRAIN_ITERS=20 bash examples/pretrain_gpt_distributed.sh
 set -euo pipefail
+# The interpreter to run (its torch and this package): PYTHON=/path/to/venv/bin/python to choose one.
+PYTHON=${PYTHON:-python3}
 cd "$(dirname "$0")/.."
 
 DATA_PATH=${DATA_PATH:-demo/gpt_text_document}
 VOCAB_FILE=${VOCAB_FILE:-demo/gpt2/vocab.json}
 MERGE_FILE=${MERGE_FILE:-demo/gpt2/merges.txt}
 CHECKPOINT_PATH=${CHECKPOINT_PATH:-checkpoints/gpt2_345m}
-if python -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+if "$PYTHON" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then
     PRECISION=${PRECISION---fp16}
 else
     PRECISION=${PRECISION-}
@@ -17,14 +19,14 @@ fi
 
 # One node by default; for several, set NNODES, NODE_RANK and MASTER_ADDR on each (or use Slurm).
 # Without GPUs, GPUS_PER_NODE processes run on the CPU with gloo.
-GPUS_PER_NODE=${GPUS_PER_NODE:-$(python -c "import torch; print(torch.cuda.device_count() or 2)")}
+GPUS_PER_NODE=${GPUS_PER_NODE:-$("$PYTHON" -c "import torch; print(torch.cuda.device_count() or 2)")}
 NNODES=${NNODES:-1}
 NODE_RANK=${NODE_RANK:-0}
 MASTER_ADDR=${MASTER_ADDR:-localhost}
 MASTER_PORT=${MASTER_PORT:-6000}
 DISTRIBUTED_ARGS="--nproc_per_node $GPUS_PER_NODE --nnodes $NNODES --node_rank $NODE_RANK --master_addr $MASTER_ADDR --master_port $MASTER_PORT"
 
-python -m torch.distributed.run $DISTRIBUTED_ARGS \
+"$PYTHON" -m torch.distributed.run $DISTRIBUTED_ARGS \
     pretrain_gpt.py \
     --num-layers "${NUM_LAYERS:-24}" \
     --hidden-size "${HIDDEN_SIZE:-1024}" \

@@ -13,24 +13,26 @@
 #   ICT_HEAD_SIZE=16 TRAIN_ITERS=20 SPLIT=90,8,2 BERT_LOAD=checkpoints/bert_tiny bash examples/pretrain_ict.sh
 # GPUS_PER_NODE=N runs N data-parallel processes under torchrun (negatives gathered from all of them).
 set -euo pipefail
+# The interpreter to run (its torch and this package): PYTHON=/path/to/venv/bin/python to choose one.
+PYTHON=${PYTHON:-python3}
 cd "$(dirname "$0")/.."
 
 DATA_PATH=${DATA_PATH:-demo/bert_text_sentence}
 TITLES_DATA_PATH=${TITLES_DATA_PATH:-demo/bert_title_sentence}
-VOCAB_FILE=${VOCAB_FILE:-$(python -c "from megatron.tokenizer import bert_uncased_vocab_path; print(bert_uncased_vocab_path())")}
+VOCAB_FILE=${VOCAB_FILE:-$("$PYTHON" -c "from megatron.tokenizer import bert_uncased_vocab_path; print(bert_uncased_vocab_path())")}
 BERT_LOAD=${BERT_LOAD:-checkpoints/bert_base}
 CHECKPOINT_PATH=${CHECKPOINT_PATH:-checkpoints/ict_base}
 GPUS_PER_NODE=${GPUS_PER_NODE:-1}
 # Mixed precision where it pays (a GPU); set PRECISION=--fp16 to force it, PRECISION= to drop it.
-if python -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+if "$PYTHON" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then
     PRECISION=${PRECISION---fp16}
 else
     PRECISION=${PRECISION-}
 fi
 if [ "$GPUS_PER_NODE" -gt 1 ]; then
-    LAUNCH=(python -m torch.distributed.run --standalone --nproc_per_node "$GPUS_PER_NODE")
+    LAUNCH=("$PYTHON" -m torch.distributed.run --standalone --nproc_per_node "$GPUS_PER_NODE")
 else
-    LAUNCH=(python)
+    LAUNCH=("$PYTHON")
 fi
 
 # --query-in-block-prob 0.1: the pseudo-query sentence stays in its block 10% of the time, so the

@@ -2,18 +2,20 @@
 # T5-base-like model on one GPU (or, scaled down through the variables below, on a CPU):
 #   NUM_LAYERS=2 HIDDEN_SIZE=64 NUM_HEADS=4 SEQ_LENGTH=64 DECODER_SEQ_LENGTH=32 TRAIN_ITERS=20 bash examples/pretrain_t5.sh
 set -euo pipefail
+# The interpreter to run (its torch and this package): PYTHON=/path/to/venv/bin/python to choose one.
+PYTHON=${PYTHON:-python3}
 cd "$(dirname "$0")/.."
 
 DATA_PATH=${DATA_PATH:-demo/bert_text_sentence}
-VOCAB_FILE=${VOCAB_FILE:-$(python -c "from megatron.tokenizer import bert_uncased_vocab_path; print(bert_uncased_vocab_path())")}
+VOCAB_FILE=${VOCAB_FILE:-$("$PYTHON" -c "from megatron.tokenizer import bert_uncased_vocab_path; print(bert_uncased_vocab_path())")}
 CHECKPOINT_PATH=${CHECKPOINT_PATH:-checkpoints/t5_base}
-if python -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+if "$PYTHON" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then
     PRECISION=${PRECISION---fp16}
 else
     PRECISION=${PRECISION-}
 fi
 
-python pretrain_t5.py \
+"$PYTHON" pretrain_t5.py \
     --num-layers "${NUM_LAYERS:-12}" \
     --hidden-size "${HIDDEN_SIZE:-768}" \
     --num-attention-heads "${NUM_HEADS:-12}" \

@@ -11,6 +11,8 @@
 # the checkpoint to the end of the 600 iterations (RESUME=1 skips steps 1-3); DEMO_ITERS=0 stops
 # after the data.
 set -euo pipefail
+# The interpreter to run (its torch and this package): PYTHON=/path/to/venv/bin/python to choose one.
+PYTHON=${PYTHON:-python3}
 cd "$(dirname "$0")/.."
 DEMO_DIR=${DEMO_DIR:-demo}
 WORKERS=${WORKERS:-2}
@@ -20,18 +22,18 @@ CHECKPOINT_DIR="$DEMO_DIR/checkpoints/gpt"
 mkdir -p "$DEMO_DIR"
 
 if [ -z "${RESUME:-}" ]; then
-    python tools/make_demo_corpus.py --output "$DEMO_DIR/corpus.json"
+    "$PYTHON" tools/make_demo_corpus.py --output "$DEMO_DIR/corpus.json"
 
-    python tools/train_tokenizer.py --input "$DEMO_DIR/corpus.json" --json-keys text \
+    "$PYTHON" tools/train_tokenizer.py --input "$DEMO_DIR/corpus.json" --json-keys text \
         --tokenizer-type GPT2BPETokenizer --vocab-size 8192 --output-dir "$DEMO_DIR/gpt2"
 
-    BERT_VOCAB=$(python -c "from megatron.tokenizer import bert_uncased_vocab_path; print(bert_uncased_vocab_path())")
+    BERT_VOCAB=$("$PYTHON" -c "from megatron.tokenizer import bert_uncased_vocab_path; print(bert_uncased_vocab_path())")
 
-    python tools/preprocess_data.py --input "$DEMO_DIR/corpus.json" --output-prefix "$DEMO_DIR/gpt" \
+    "$PYTHON" tools/preprocess_data.py --input "$DEMO_DIR/corpus.json" --output-prefix "$DEMO_DIR/gpt" \
         --vocab "$DEMO_DIR/gpt2/vocab.json" --merge-file "$DEMO_DIR/gpt2/merges.txt" \
         --dataset-impl mmap --tokenizer-type GPT2BPETokenizer --append-eod --workers "$WORKERS"
 
-    python tools/preprocess_data.py --input "$DEMO_DIR/corpus.json" --json-keys text title \
+    "$PYTHON" tools/preprocess_data.py --input "$DEMO_DIR/corpus.json" --json-keys text title \
         --split-sentences --tokenizer-type BertWordPieceLowerCase --vocab-file "$BERT_VOCAB" \
         --output-prefix "$DEMO_DIR/bert" --workers "$WORKERS"
 
@@ -52,7 +54,7 @@ fi
 
 # A tiny GPT (2 layers, hidden 64, 4 heads, 64-token sequences) trained on the CPU with gloo.
 # --load is given on the first run too: with no checkpoint there yet, training starts from scratch.
-python pretrain_gpt.py \
+"$PYTHON" pretrain_gpt.py \
     --num-layers 2 --hidden-size 64 --num-attention-heads 4 \
     --seq-length 64 --max-position-embeddings 64 \
     --micro-batch-size 16 --global-batch-size 16 \

@@ -2,6 +2,8 @@
 import os
 import subprocess
 
+from test_training_lib import script_env
+
 from megatron.core.datasets.indexed_dataset import IndexedDataset
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -9,8 +11,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 def test_run_demo_script(tmp_path):
     # A short run keeps the suite fast: 20 iterations, then the resume script runs on to 40.
-    env = dict(os.environ, DEMO_DIR=str(tmp_path / "demo"), WORKERS="2", DEMO_ITERS="20", TRAIN_ITERS="40",
-               LOG_INTERVAL="10")
+    env = script_env(DEMO_DIR=str(tmp_path / "demo"), WORKERS="2", DEMO_ITERS="20", TRAIN_ITERS="40",
+                     LOG_INTERVAL="10")
     result = subprocess.run(["bash", os.path.join(REPO, "examples", "run_demo.sh")], env=env,
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -4,7 +4,7 @@ import os
 import shutil
 import subprocess
 
-from test_training_lib import REPO, demo_data
+from test_training_lib import REPO, demo_data, script_env
 
 from megatron.retrieval.block_store import BlockData
 
@@ -16,8 +16,7 @@ def test_ict_demo_runs_end_to_end(tmp_path):
     for name in ("bert_text_sentence", "bert_title_sentence"):
         for ext in (".bin", ".idx"):
             shutil.copy(os.path.join(data, name + ext), demo / (name + ext))
-    env = dict(os.environ, DEMO_DIR=str(demo), BERT_ITERS="3", ICT_ITERS="4", HIDDEN="32", SEQ="64", BATCH="8",
-               OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    env = script_env(DEMO_DIR=str(demo), BERT_ITERS="3", ICT_ITERS="4", HIDDEN="32", SEQ="64", BATCH="8")
     result = subprocess.run(["bash", os.path.join(REPO, "examples", "ict_demo.sh")], env=env, cwd=REPO,
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

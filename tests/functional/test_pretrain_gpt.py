@@ -18,6 +18,7 @@ from test_training_lib import (
     losses,
     parse_iterations,
     run_script,
+    script_env,
 )
 
 COMMON = ["--split", "90,8,2", "--num-workers", "0"]
@@ -255,7 +256,7 @@ def test_nan_loss_stops_the_run_naming_the_iteration(data):
 
 def test_dry_run_of_the_gpt3_175B_example_prints_its_plan():
     result = subprocess.run(["bash", os.path.join(REPO, "examples", "pretrain_gpt3_175B.sh")], cwd=REPO,
-                            env=dict(os.environ, DRY_RUN="1"), capture_output=True, text=True, timeout=300)
+                            env=script_env(DRY_RUN="1"), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "1024 ranks" in result.stdout
     assert "tensor-parallel 8 x pipeline-parallel 16 x data-parallel 8" in result.stdout

@@ -150,11 +150,11 @@ def test_example_script_runs_scaled_down(bert_checkpoint, tmp_path):
     import os
     import subprocess
 
-    from test_training_lib import REPO
+    from test_training_lib import REPO, script_env
 
     data = demo_data()
-    env = dict(os.environ, OMP_NUM_THREADS="1", NUM_LAYERS="2", HIDDEN_SIZE="32", NUM_HEADS="4", SEQ_LENGTH="64",
-               MAX_POSITION_EMBEDDINGS="64", BATCH_SIZE="8", ICT_HEAD_SIZE="16", TRAIN_ITERS="2", SPLIT="90,8,2",
+    env = script_env(NUM_LAYERS="2", HIDDEN_SIZE="32", NUM_HEADS="4", SEQ_LENGTH="64",
+               MAX_POSITION_EMBEDDINGS="64", BATCH_SIZE="8", ICT_HEAD_SIZE="16", TRAIN_ITERS="2",
                LOG_INTERVAL="1", EVAL_INTERVAL="2", EVAL_ITERS="1", SAVE_INTERVAL="2", PRECISION="",
                BERT_LOAD=bert_checkpoint, CHECKPOINT_PATH=str(tmp_path / "ict"),
                DATA_PATH=f"{data}/bert_text_sentence", TITLES_DATA_PATH=f"{data}/bert_title_sentence")

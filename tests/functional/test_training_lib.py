@@ -14,6 +14,28 @@ ITERATION_RE = re.compile(r"^ iteration\s+(\d+)/\s*(\d+) \|(.*)$", re.M)
 VALIDATION_RE = re.compile(r"^ (validation|test) loss at (.*?) \| (.*)$", re.M)
 
 
+_NO_PYTHON_ON_PATH: Optional[str] = None
+
+
+def script_env(**extra: str) -> Dict[str, str]:
+    """The environment for running a shell script of examples/: ``PYTHON`` is the interpreter under test,
+    and ``python``/``python3`` found on PATH fail loudly, so a script that calls them rather than
+    ``${PYTHON:-python3}`` fails its test instead of depending on which python PATH holds."""
+    global _NO_PYTHON_ON_PATH
+    if _NO_PYTHON_ON_PATH is None:
+        directory = tempfile.mkdtemp(prefix="megatron_no_python_")
+        for name in ("python", "python3"):
+            path = os.path.join(directory, name)
+            with open(path, "w") as handle:
+                handle.write(f"#!/bin/sh\necho \"bare '{name}' called: use \\${{PYTHON:-python3}}\" >&2\nexit 97\n")
+            os.chmod(path, 0o755)
+        _NO_PYTHON_ON_PATH = directory
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", PYTHON=sys.executable)
+    env["PATH"] = _NO_PYTHON_ON_PATH + os.pathsep + env.get("PATH", "")
+    env.update(extra)
+    return env
+
+
 def _run_tool(*args: str) -> None:
     subprocess.run([sys.executable, *args], check=True, cwd=REPO, capture_output=True, text=True, timeout=600)
 

@@ -1,7 +1,6 @@
 """Megatron-LM users' command lines that must run here: --split written unquoted, pretraining GPT_ARGS
 given to tools that do not train, fine-tuning lengths from --epochs, the reshard hint for a checkpoint of
 another layout, and torch DDP without its deprecation warning."""
-import argparse
 import os
 import types
 import warnings
