@@ -235,7 +235,7 @@ def main(argv=None):
             tflops = flops / seconds / 1e12
             mfu = f"{100 * tflops / peak:6.2f}%" if peak else "    n/a"
             results[impl] = seconds
-            print(f"{name:8} {impl:12} {seconds * 1e3:10.1f} {tokens / seconds:11.0f} {tflops:9.3f} {mfu:>7} "
+            print(f"{name:8} {impl:12} {seconds * 1e3:10.1f} {tokens / seconds:11.0f} {tflops:9.4f} {mfu:>7} "
                   f"{memory:9.2f}", flush=True)
             rows.append((name, impl, seconds))
         if "hf-gpt2" in results:
