@@ -4,7 +4,8 @@ untied output layer) at TP2, PP2, TP2xPP2, virtual pipelining and DP2 equals the
 The layouts compare per-micro-batch losses and every gradient (sequence parallelism and
 recomputation included); DP2 runs one real optimizer step with the local DDP and the plain and
 the distributed optimizer, and compares the updated parameters with the one-process step over all
-micro-batches. One spawn of 4 gloo ranks runs everything (starting ranks costs more than the steps).
+micro-batches. Greedy KV-cached and recomputed generation at TP2xPP2 equals one process. One spawn
+of 4 gloo ranks runs everything (starting ranks costs more than the steps).
 """
 import torch
 
@@ -16,6 +17,7 @@ from megatron.core.parallel_state import ProcessGroups
 from megatron.core.pipeline_parallel import get_forward_backward_func
 from megatron.core.tensor_parallel import model_parallel_manual_seed
 from megatron.core.transformer import TransformerConfig
+from megatron.text_generation import SamplingParams, generate_tokens
 from tests.distributed.equivalence import (build_chunks, check_layout, gather_tp, global_names, load_from_reference,
                                            relative_error)
 from tests.distributed.spawn import run_ranks
@@ -106,12 +108,33 @@ def _data_parallel_step(tp, pp, distributed, overrides):
         parallel_state.destroy_model_parallel()
 
 
+def _generation(tp, pp):
+    """Greedy decoding at tp x pp (KV cache with per-rank query groups, and recompute) against one process."""
+    prompts = [[3, 4, 5], [7], [9, 10, 11, 12, 13], [20, 21]]
+    cfg = llama_config(rotary_base=50.0)
+    torch.manual_seed(9)
+    reference = GPTModel(cfg, VOCAB, 24, parallel_output=False, pg=ProcessGroups()).eval()
+    greedy = SamplingParams(greedy=True)
+    want = generate_tokens(reference, prompts, 8, greedy, VOCAB - 1, 24, pg=ProcessGroups())
+    pg = parallel_state.initialize_model_parallel(tp, pp)
+    try:
+        chunks = build_chunks(lambda pre, post: GPTModel(cfg, VOCAB, 24, pre_process=pre, post_process=post,
+                                                         parallel_output=False, pg=pg), pg)
+        load_from_reference(chunks, reference.state_dict(), pg)
+        stage = chunks[0].eval()
+        return [generate_tokens(stage, prompts, 8, greedy, VOCAB - 1, 24, use_cache=cache, pg=pg) == want
+                for cache in (True, False)] + [len({tuple(row["tokens"]) for row in want}) > 1]
+    finally:
+        parallel_state.destroy_model_parallel()
+
+
 def _worker(rank, world_size):
     batches = make_batches()
     report = {layout[0]: check_layout(build_gpt, gpt_forward, llama_config, overrides, layout, batches, SEQ, MBS)
               for layout, overrides in LAYOUTS}
     report["TP2xDP2-SP-distopt"] = _data_parallel_step(2, 1, True, {"sequence_parallel": True})
     report["PP2xDP2"] = _data_parallel_step(1, 2, False, {})
+    report["generation-TP2xPP2"] = _generation(2, 2)
     return report
 
 
@@ -126,3 +149,4 @@ def test_llama_layouts_match_single_process():
         for key in ("TP2xDP2-SP-distopt", "PP2xDP2"):
             ok, norm_err, param_err = report[key]
             assert ok and norm_err < 1e-5 and param_err < 1e-5, (rank, key, norm_err, param_err)
+        assert report["generation-TP2xPP2"] == [True, True, True], rank
