@@ -77,6 +77,7 @@ def main(argv=None) -> int:
     from megatron.text_generation.cli import (
         GENERATION_DEFAULTS,
         load_gpt_for_generation,
+        out_seq_length_notice,
         sampling_generator,
         sampling_params_from_args,
     )
@@ -96,6 +97,12 @@ def main(argv=None) -> int:
     except ValueError as error:
         print(f"{tool}: error: {error}", file=sys.stderr, flush=True)
         return 2
+    # Each continuation stops at --max-position-embeddings tokens (prompt included): say so when that
+    # cuts below --out-seq-length, rather than returning shorter texts without a word.
+    lengths = [len(tokenizer.tokenize(p)) if p else 1 for p in prompts]  # unconditional: one eod token
+    notice = out_seq_length_notice(args, max(lengths), min(lengths))
+    if notice:
+        print_rank_0(notice)
     results = generate(model, tokenizer, prompts, args.out_seq_length, sampling_params_from_args(args), max_length,
                        batch_size=args.micro_batch_size, use_cache=not args.recompute,
                        generator=sampling_generator(args.seed))

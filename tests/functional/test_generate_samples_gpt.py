@@ -93,3 +93,39 @@ def swap_load(flags, load):
     index = flags.index("--load")
     return [*flags[:index + 1], load, *flags[index + 2:]]
 
+
+
+def test_generate_text_example_runs_and_says_when_positions_cap_the_length(tmp_path):
+    """examples/generate_text.sh (Megatron-LM's README) as written, scaled to the tiny checkpoint; its
+    default --out-seq-length 1024 is more than 32 positions hold, which it says in one line."""
+    from test_training_lib import demo_data
+
+    data = demo_data()
+    output = tmp_path / "samples.jsonl"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", PYTHON=sys.executable, NUM_LAYERS="2",
+               HIDDEN_SIZE="32", NUM_HEADS="4", SEQ_LENGTH="32", CHECKPOINT_PATH=gpt_checkpoint(),
+               VOCAB_FILE=f"{data}/gpt2/vocab.json", MERGE_FILE=f"{data}/gpt2/merges.txt", NUMBER_OF_SAMPLES="3",
+               OUTPUT_FILE=str(output), EXTRA_ARGS="--seed 1234 --distributed-backend gloo")
+    result = subprocess.run(["bash", os.path.join(REPO, "examples", "generate_text.sh")], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    results = read_jsonl(output)
+    assert len(results) == 3 and all(1 <= r["length"] <= 31 for r in results)
+    notices = [line for line in result.stdout.splitlines() if line.startswith("notice:")]
+    assert notices == ["notice: --out-seq-length 1024 is capped by --max-position-embeddings 32: prompt plus "
+                       "continuation stop at 32 tokens, so at most 31 tokens are generated per prompt (the longest "
+                       "prompt has 1 tokens)"], result.stdout[-3000:]
+
+
+def test_no_notice_when_the_length_fits_and_missing_load_is_named(tmp_path, prompt_file):
+    result = run_script("tools/generate_samples_gpt.py", [*model_args(), "--sample-input-file", prompt_file,
+                                                          "--out-seq-length", "4", "--genfile",
+                                                          str(tmp_path / "out.jsonl")])
+    assert "notice:" not in result.stdout and len(read_jsonl(tmp_path / "out.jsonl")) == len(PROMPTS)
+    flags = model_args()
+    at = flags.index("--load")
+    result = run_script("tools/generate_samples_gpt.py", [*flags[:at], *flags[at + 2:], "--num-samples", "1",
+                                                          "--genfile", str(tmp_path / "x.jsonl")], check=False)
+    assert result.returncode == 2 and "--no-load-optim" not in result.stderr
+    assert [line for line in result.stderr.splitlines() if "error:" in line] == [
+        "generate_samples_gpt.py: error: --load is required: the checkpoint directory to generate from"]
