@@ -156,13 +156,15 @@ class TrainingContext:
     def finalize_model_grads(self, chunks):
         if self.args.DDP_impl == "local":
             from megatron.core.distributed import finalize_model_grads
-        else:
-            # Without pipelining torch DDP has reduced over data-parallel ranks during backward.
-            from megatron.core.pipeline_parallel.finalize import finalize_model_grads
 
-            if self.average_torch_ddp_grads:
-                _average_grads_over_data_parallel(chunks, self.pg)
-        finalize_model_grads(chunks, self.pg)
+            finalize_model_grads(chunks, self.pg)  # data-parallel, then model-parallel reductions
+            return
+        # Without pipelining torch DDP has reduced over data-parallel ranks during backward.
+        from megatron.core.pipeline_parallel.finalize import reduce_model_parallel_grads
+
+        if self.average_torch_ddp_grads:
+            _average_grads_over_data_parallel(chunks, self.pg)
+        reduce_model_parallel_grads(chunks, self.pg)
 
 
 def _average_grads_over_data_parallel(chunks, pg) -> None:

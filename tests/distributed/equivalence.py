@@ -14,7 +14,7 @@ import torch.distributed as dist
 
 from megatron.checkpoint_tools.reshard import merge_tp, take_tp
 from megatron.core.parallel_state import ProcessGroups
-from megatron.core.pipeline_parallel import finalize_model_grads, get_forward_backward_func
+from megatron.core.pipeline_parallel import get_forward_backward_func, reduce_model_parallel_grads
 from megatron.core.transformer import TransformerLayer
 
 TIED_HEAD = "word_embeddings_for_head.weight"
@@ -153,7 +153,7 @@ def run_schedule(chunks: List[torch.nn.Module], batches: list, forward: Callable
     store = schedule(forward_step_func=forward_step_func, data_iterator=data_arg, model=model_arg,
                      num_microbatches=len(batches), seq_length=seq_length, micro_batch_size=micro_batch_size,
                      decoder_seq_length=decoder_seq_length, config=config, pg=pg,
-                     finalize_model_grads_func=lambda models: finalize_model_grads(models, pg))
+                     finalize_model_grads_func=lambda models: reduce_model_parallel_grads(models, pg))
     return [entry["loss"].item() for entry in store]
 
 

@@ -19,4 +19,4 @@ def finalize_model_grads(model_chunks: List[torch.nn.Module], pg: Optional[Proce
         finish = getattr(chunk, "finish_grad_sync", None)
         if finish is not None:
             finish()
-    pipeline_finalize.finalize_model_grads(model_chunks, pg)
+    pipeline_finalize.reduce_model_parallel_grads(model_chunks, pg)

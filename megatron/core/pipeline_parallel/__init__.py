@@ -2,7 +2,7 @@
 from megatron.core.pipeline_parallel.finalize import (
     allreduce_embedding_grads,
     allreduce_sequence_parallel_grads,
-    finalize_model_grads,
+    reduce_model_parallel_grads,
 )
 from megatron.core.pipeline_parallel.schedules import (
     forward_backward_no_pipelining,
@@ -12,7 +12,7 @@ from megatron.core.pipeline_parallel.schedules import (
 )
 
 __all__ = [
-    "allreduce_embedding_grads", "allreduce_sequence_parallel_grads", "finalize_model_grads",
+    "allreduce_embedding_grads", "allreduce_sequence_parallel_grads", "reduce_model_parallel_grads",
     "forward_backward_no_pipelining", "forward_backward_pipelining_with_interleaving",
     "forward_backward_pipelining_without_interleaving", "get_forward_backward_func",
 ]

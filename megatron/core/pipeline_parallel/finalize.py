@@ -71,7 +71,7 @@ def allreduce_embedding_grads(model_chunks: List[torch.nn.Module], pg: ProcessGr
             setattr(weight, attr, grad)
 
 
-def finalize_model_grads(model_chunks: List[torch.nn.Module], pg: Optional[ProcessGroups] = None) -> None:
+def reduce_model_parallel_grads(model_chunks: List[torch.nn.Module], pg: Optional[ProcessGroups] = None) -> None:
     """Every model-parallel gradient reduction, in the order Megatron-LM applies them."""
     pg = pg if pg is not None else get_process_groups()
     chunks = [unwrap_model(chunk) for chunk in model_chunks]
