@@ -4,7 +4,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from megatron.core.fusions import erf_gelu, gelu_tanh
+from megatron.core.fusions import fused
 from megatron.core.models.language_model import (
     TransformerLanguageModel,
     logits_or_loss,
@@ -38,13 +38,17 @@ class BertLMHead(nn.Module):
         self.bias = nn.Parameter(torch.zeros(per_partition, dtype=config.params_dtype))
         set_tensor_model_parallel_attributes(self.bias, pg.tensor_model_parallel_size > 1, 0, 1)
         self.dense = replicated_linear(config.hidden_size, config.hidden_size, config)
-        self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layernorm_epsilon, dtype=config.params_dtype)
+        self.layernorm = fused.FusedLayerNorm(config.hidden_size, eps=config.layernorm_epsilon,
+                                              dtype=config.params_dtype, enabled=config.persist_layer_norm)
         mark_sequence_parallel(self.dense, config, pg)
         mark_sequence_parallel(self.layernorm, config, pg)
-        self.gelu = gelu_tanh if config.openai_gelu else erf_gelu
+        # GeLU of the dense output: the tanh form with --openai-gelu, else exact (erf); a Triton kernel on CUDA.
+        self.gelu_approximate = "tanh" if config.openai_gelu else "none"
 
     def forward(self, hidden_states: torch.Tensor, word_embeddings_weight: torch.Tensor) -> torch.Tensor:
-        hidden_states = self.layernorm(self.gelu(self.dense(hidden_states)))
+        hidden_states = fused.bias_gelu(None, self.dense(hidden_states), self.gelu_approximate,
+                                        enabled=self.config.bias_gelu_fusion)
+        hidden_states = self.layernorm(hidden_states)
         return parallel_lm_logits(hidden_states, word_embeddings_weight, self.parallel_output, self.pg,
                                   self.config.sequence_parallel, bias=self.bias)
 
