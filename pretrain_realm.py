@@ -177,17 +177,77 @@ def train_valid_test_datasets_provider(train_val_test_num_samples):
     return tuple(datasets)
 
 
+ARGS_DEFAULTS = {"tokenizer_type": "BertWordPieceLowerCase"}
+
+
+def _refresh_ranks(argv) -> int:
+    """``--index-refresh-ranks`` from the command line, read before Megatron starts (it decides the worlds)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    parser.add_argument("--index-refresh-ranks", type=int, default=0)
+    known, _ = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+    return known.index_refresh_ranks
+
+
+def refresher_main(index: int, argv=None) -> int:
+    """A refresh rank: the context tower only, embedding the blocks whenever trainer 0 asks."""
+    import contextlib
+    import io
+
+    from megatron.arguments import parse_args
+    from megatron.core import parallel_state
+    from megatron.global_vars import set_global_variables
+    from megatron.retrieval.biencoder_setup import biencoder_model_provider
+    from megatron.retrieval.evidence import BlockCorpus
+    from megatron.retrieval.realm_async import run_refresher
+
+    # The flags are the trainers' (validated against their world); only the sizes and data are used here.
+    own = os.environ["RANK"], os.environ["WORLD_SIZE"]
+    os.environ["RANK"], os.environ["WORLD_SIZE"] = "0", os.environ["MEGATRON_REALM_TRAINERS"]
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            args = parse_args(add_realm_args, ARGS_DEFAULTS, argv=argv)
+    finally:
+        os.environ["RANK"], os.environ["WORLD_SIZE"] = own
+    set_global_variables(args)
+    try:
+        check_realm_args(args)
+    except ValueError as error:
+        raise REALMSetupError(str(error)) from None
+    parallel_state.initialize_model_parallel(1, 1)
+    torch.manual_seed(args.seed)
+    tower = biencoder_model_provider(only_context_model=True)().towers()[1]
+    tower.eval()
+    corpus = BlockCorpus(args.data_path[0], args.titles_data_path, args.seq_length, args.seed, get_tokenizer(),
+                         use_one_sent_docs=args.use_one_sent_docs, cache_dir=args.data_cache_path)
+
+    def embed(tokens, pad_mask):
+        return tower(tokens, pad_mask, torch.zeros_like(tokens))
+
+    if index == 0:
+        print(f"> refresher: {args.index_refresh_ranks} refresh rank(s) ready for {len(corpus)} blocks", flush=True)
+    return run_refresher(args, index, corpus, tower, embed)
+
+
 def main(argv=None):
     from megatron.core.datasets.realm_dataset import SalientSpanDataError
     from megatron.preprocessing.salient_spans import SalientSpanError
+    from megatron.retrieval.realm_async import AsyncRefreshError, split_job
     from megatron.retrieval.realm_index import REALMIndexError
 
     try:
-        return pretrain(train_valid_test_datasets_provider, model_provider, ModelType.encoder_or_decoder,
-                        forward_step, extra_args_provider=add_realm_args,
-                        args_defaults={"tokenizer_type": "BertWordPieceLowerCase"}, argv=argv)
+        refresh_ranks = _refresh_ranks(argv)
+        refresher = split_job(refresh_ranks) if refresh_ranks > 0 else None
+        if refresher is not None:
+            return refresher_main(refresher, argv)
+        iteration = pretrain(train_valid_test_datasets_provider, model_provider, ModelType.encoder_or_decoder,
+                             forward_step, extra_args_provider=add_realm_args, args_defaults=ARGS_DEFAULTS, argv=argv)
+        if _INDEX_STATE is not None:
+            _INDEX_STATE.shutdown()
+        return iteration
     except (REALMSetupError, CheckpointError, SalientSpanError, SalientSpanDataError, REALMIndexError,
-            FileNotFoundError) as error:
+            AsyncRefreshError, FileNotFoundError) as error:
         # The user's to fix (flags, data, checkpoint files): one line, as argparse reports its errors.
         print(f"{os.path.basename(sys.argv[0]) or 'pretrain_realm.py'}: error: {error}", file=sys.stderr, flush=True)
         raise SystemExit(1) from None

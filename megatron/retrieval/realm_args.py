@@ -3,7 +3,7 @@ and their checks (one line naming the flag)."""
 from megatron.argument_groups import add_biencoder_args
 from megatron.core.datasets.realm_dataset import MASKING_STYLES
 
-REFRESH_MODES = ("sync",)
+REFRESH_MODES = ("sync", "async")
 
 
 def add_realm_args(parser):
@@ -30,7 +30,11 @@ def add_realm_args(parser):
                        help="Re-embed the blocks with the current context tower every this many iterations "
                             "(0: never; the index of --block-data-path or of the initial weights is kept).")
     group.add_argument("--index-refresh-mode", choices=REFRESH_MODES, default="sync",
-                       help="sync: every data-parallel rank embeds a share, then all-gather (training pauses).")
+                       help="sync: every data-parallel rank embeds a share, then all-gather (training pauses); "
+                            "async: --index-refresh-ranks ranks embed while the others train on the previous index.")
+    group.add_argument("--index-refresh-ranks", type=int, default=0,
+                       help="Ranks of the job (the last ones) that only re-embed the blocks (--index-refresh-mode "
+                            "async).")
     group.add_argument("--realm-mips", choices=("auto", "matmul", "faiss"), default="auto",
                        help="Top-k search: one matrix product, faiss (--faiss-index-factory), or auto "
                             "(matmul up to --realm-matmul-max-blocks blocks).")
@@ -48,6 +52,18 @@ def check_realm_args(args) -> None:
         raise ValueError(f"--realm-max-masks {args.realm_max_masks} must be positive")
     if args.index_refresh_interval < 0:
         raise ValueError(f"--index-refresh-interval {args.index_refresh_interval} must be >= 0")
+    if args.index_refresh_mode == "async":
+        if args.index_refresh_ranks < 1:
+            raise ValueError("--index-refresh-mode async needs --index-refresh-ranks 1 or more")
+        if args.tensor_model_parallel_size != 1:
+            raise ValueError(f"--index-refresh-mode async sends one rank's whole context tower: use "
+                             f"--tensor-model-parallel-size 1, not {args.tensor_model_parallel_size}")
+        if args.index_refresh_interval < 1:
+            raise ValueError("--index-refresh-mode async needs --index-refresh-interval 1 or more")
+        if args.realm_num_candidates < 2:
+            raise ValueError("--index-refresh-mode async with --realm-num-candidates 1: there is no index to refresh")
+    elif args.index_refresh_ranks:
+        raise ValueError(f"--index-refresh-ranks {args.index_refresh_ranks} needs --index-refresh-mode async")
     if args.pipeline_model_parallel_size != 1:
         raise ValueError(f"--pipeline-model-parallel-size {args.pipeline_model_parallel_size}: REALM runs on one "
                          f"pipeline stage (use tensor or data parallelism)")

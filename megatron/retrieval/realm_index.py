@@ -208,6 +208,16 @@ def save_snapshot(checkpoint_dir: str, index: REALMIndex) -> str:
     return path
 
 
+def newest_snapshot_at_or_before(checkpoint_dir: str, iteration: int) -> Optional[int]:
+    """``built_at`` of the newest snapshot under ``checkpoint_dir`` built at or before ``iteration``."""
+    parent = os.path.join(checkpoint_dir, SNAPSHOT_DIR)
+    if not os.path.isdir(parent):
+        return None
+    built = [int(m.group(1)) for name in os.listdir(parent) if (m := _SNAPSHOT_RE.match(name))]
+    built = [b for b in built if b <= iteration]
+    return max(built) if built else None
+
+
 def load_snapshot(checkpoint_dir: str, built_at: int, corpus) -> Optional[np.ndarray]:
     path = snapshot_path(checkpoint_dir, built_at)
     if not os.path.isdir(path):

@@ -13,6 +13,7 @@ Index life cycle (``IndexState.prepare``, called by every micro-batch's forward 
   ``--save`` global rank 0 writes the snapshot.
 """
 import os
+import time
 from typing import Optional
 
 import numpy as np
@@ -33,6 +34,7 @@ from megatron.retrieval.realm_index import (
     embed_corpus_sync,
     embeddings_from_store,
     load_snapshot,
+    newest_snapshot_at_or_before,
     save_snapshot,
 )
 from megatron.utils import print_rank_0
@@ -96,6 +98,9 @@ class IndexState:
         self.args, self.pg, self.corpus, self.device = args, pg, corpus, device
         self.index: Optional[REALMIndex] = None
         self.timer = RefreshTimer()
+        self.async_client = None
+        self._polled_iteration: Optional[int] = None
+        self._requested_time = 0.0
 
     def _make_index(self, embeddings: np.ndarray, built_at: int) -> REALMIndex:
         a = self.args
@@ -127,9 +132,41 @@ class IndexState:
         interval = self.args.index_refresh_interval
         if self.index is None:
             self._initial(core, iteration, interval)
+        elif self.args.index_refresh_mode == "async":
+            if training and self._polled_iteration != iteration:
+                self._polled_iteration = iteration
+                self._async_step(core, iteration, interval)
         elif training and interval > 0 and iteration > 0 and iteration % interval == 0 \
                 and self.index.built_at < iteration:
             self._built(core, iteration, f"refresh every {interval} iterations")
+
+    def _async_step(self, core: REALMModel, iteration: int, interval: int) -> None:
+        """Switch to embeddings the refresh ranks finished; start the next refresh when due."""
+        from megatron.retrieval.realm_async import AsyncRefreshClient
+
+        if self.async_client is None:
+            self.async_client = AsyncRefreshClient(self.args.index_refresh_ranks, len(self.index),
+                                                   self.index.embeddings.shape[1], self.pg.rank == 0)
+        client = self.async_client
+        requested_at = client.in_flight
+        embeddings = client.poll(self.device)
+        if embeddings is not None:
+            self.timer.last_seconds = time.time() - self._requested_time
+            self.index = self._make_index(embeddings, requested_at)
+            print_rank_0(f"> REALM index: switched at iteration {iteration} to the index the refresh ranks built "
+                         f"with the weights of iteration {requested_at} ({self.timer.last_seconds:.1f} s after "
+                         f"the request)")
+            if self.args.save and self.pg.rank == 0:
+                save_snapshot(self.args.save, self.index)
+        last = client.last_request if client.last_request is not None else self.index.built_at
+        if client.in_flight is None and iteration > 0 and iteration - last >= interval:
+            self._requested_time = time.time()
+            client.request(core.retriever.towers()[1], iteration)
+
+    def shutdown(self) -> None:
+        """Let the refresh ranks go (async mode; after training)."""
+        if self.async_client is not None:
+            self.async_client.shutdown()
 
     def _initial(self, core: REALMModel, iteration: int, interval: int) -> None:
         a = self.args
@@ -141,12 +178,20 @@ class IndexState:
             self.index = self._make_index(embeddings_from_store(a.block_data_path, self.corpus), 0)
             print_rank_0(f"> REALM index: {len(self.index)} blocks from --block-data-path {a.block_data_path}")
             return
-        if iteration > 0:
+        if iteration > 0 and a.index_refresh_mode == "async" and a.load:
+            # The index in use at the checkpoint depended on timing: take the newest snapshot before it.
+            built_at = newest_snapshot_at_or_before(a.load, iteration)
+            if built_at is None and a.block_data_path:
+                self.index = self._make_index(embeddings_from_store(a.block_data_path, self.corpus), 0)
+                print_rank_0(f"> REALM index: {len(self.index)} blocks from --block-data-path {a.block_data_path}")
+                return
+        if iteration > 0 and built_at is not None:
             embeddings = load_snapshot(a.load, built_at, self.corpus) if a.load else None
             if embeddings is not None:
                 self.index = self._make_index(embeddings, built_at)
                 print_rank_0(f"> REALM index: the snapshot built at iteration {built_at} reloaded from {a.load}")
                 return
+        if iteration > 0:
             print_rank_0(f"> REALM index: WARNING no snapshot of the index built at iteration {built_at} under "
                          f"{a.load}: re-embedding with the resumed weights, so this resume is not exact")
             self._built(core, iteration, "resume without a snapshot")
