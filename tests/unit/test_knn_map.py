@@ -61,3 +61,41 @@ def test_reader_rejects_bad_files(tmp_path):
     (tmp_path / "t").write_bytes(data[:-8])
     with pytest.raises(KNNMapError, match="3 rows of K=2"):
         KNNMap(path)
+
+
+def test_remove_same_document_matches_a_plain_loop():
+    from megatron.retrieval.retro_index import remove_same_document
+
+    rng = np.random.default_rng(1)
+    neighbours = rng.integers(-1, 50, size=(200, 9))
+    first = rng.integers(0, 45, size=200)
+    end = first + rng.integers(1, 6, size=200)
+    got = remove_same_document(neighbours, first, end, k=4)
+    for row, b, e, out in zip(neighbours, first, end, got):
+        kept = [int(n) for n in row if n >= 0 and not b <= n < e][:4]
+        assert out.tolist() == kept + [-1] * (4 - len(kept))
+
+
+def test_shards_and_index_plan_checks():
+    from megatron.retrieval.retro_index import IndexPlanError, check_training_size, factory_string, shard_range
+
+    assert [shard_range(10, i, 3) for i in range(3)] == [(0, 3), (3, 6), (6, 10)]
+    assert factory_string(10000) == "IVF400,PQ8" and factory_string(10000, no_pq=True) == "IVF400,Flat"
+    check_training_size("IVF400,PQ8", 12001, 384)
+    with pytest.raises(IndexPlanError, match=r"too small for 400 IVF lists.*IVF399,Flat"):
+        check_training_size("IVF400,PQ8", 12000, 384)
+    with pytest.raises(IndexPlanError, match="multiple of 7"):
+        check_training_size("IVF4,PQ7", 1000, 384)
+    check_training_size("Flat", 1, 384)
+
+
+def test_sentence_transformer_names_resolve_offline(tmp_path):
+    from megatron.retrieval.retro_embed import ModelNotFoundError, resolve_sentence_transformer
+
+    local = resolve_sentence_transformer("all-MiniLM-L6-v2")
+    assert resolve_sentence_transformer("sentence-transformers/all-MiniLM-L6-v2") == local
+    assert resolve_sentence_transformer(local) == local
+    with pytest.raises(ModelNotFoundError, match="no local copy"):
+        resolve_sentence_transformer("surely-not-a-model-xyz")
+    with pytest.raises(ModelNotFoundError, match="no sentence-transformers model"):
+        resolve_sentence_transformer(str(tmp_path))
