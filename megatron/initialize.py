@@ -142,5 +142,28 @@ def distributed_failure(exc: BaseException, where: str) -> None:
     first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     print(f"[rank {rank}] ERROR: a collective failed during {where}: {type(exc).__name__}: {first_line} "
           "(another rank has probably died; see its log)", file=sys.stderr, flush=True)
-    sys.stdout.flush()
+    _clean_up_without_the_process_group()
     os._exit(1)
+
+
+def _clean_up_without_the_process_group() -> None:
+    """What a normal exit does (TensorBoard events flushed, atexit handlers run, log handlers
+    closed), except tearing down the broken process group, which would wait on its threads."""
+    import logging
+
+    atexit.unregister(_destroy_process_group)
+    try:
+        from megatron import global_vars
+
+        writer = getattr(global_vars, "_GLOBAL_TENSORBOARD_WRITER", None)
+        if writer is not None:
+            writer.close()
+    except Exception:  # noqa: BLE001 -- best effort on the way out; the failure is already reported
+        pass
+    try:
+        atexit._run_exitfuncs()
+    except Exception:  # noqa: BLE001
+        pass
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
