@@ -153,8 +153,8 @@ class IndexState:
         if embeddings is not None:
             self.timer.last_seconds = time.time() - self._requested_time
             self.index = self._make_index(embeddings, requested_at)
-            print_rank_0(f"> REALM index: switched at iteration {iteration} to the index the refresh ranks built "
-                         f"with the weights of iteration {requested_at} ({self.timer.last_seconds:.1f} s after "
+            print_rank_0(f"> REALM index: switched before iteration {iteration + 1} to the index the refresh ranks "
+                         f"built with the weights of iteration {requested_at} ({self.timer.last_seconds:.1f} s after "
                          f"the request)")
             if self.args.save and self.pg.rank == 0:
                 save_snapshot(self.args.save, self.index)
