@@ -12,6 +12,8 @@
 # CI test runs it with a few iterations).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The interpreter to run (its torch and this package): PYTHON=/path/to/venv/bin/python to choose one.
+PYTHON=${PYTHON:-python3}
 DEMO_DIR=${DEMO_DIR:-demo/mlperf_bert}
 WORKERS=${WORKERS:-2}
 PARTS=${PARTS:-4}
@@ -34,35 +36,35 @@ mkdir -p "$DEMO_DIR"
 
 echo "== 1. demo corpus -> MLPerf text ($PARTS parts + eval.txt)"
 if [ ! -f "$DEMO_DIR/corpus.json" ]; then
-    python tools/make_demo_corpus.py --output "$DEMO_DIR/corpus.json" $CORPUS_ARGS
+    "$PYTHON" tools/make_demo_corpus.py --output "$DEMO_DIR/corpus.json" $CORPUS_ARGS
 fi
-python -m megatron.preprocessing.mlperf_bert.text --input "$DEMO_DIR/corpus.json" --output-dir "$DEMO_DIR/text" \
+"$PYTHON" -m megatron.preprocessing.mlperf_bert.text --input "$DEMO_DIR/corpus.json" --output-dir "$DEMO_DIR/text" \
     --num-parts "$PARTS" --eval-documents "$EVAL_DOCS"
 
 echo "== 2. WordPiece vocabulary ($VOCAB_SIZE tokens)"
-python tools/train_tokenizer.py --input "$DEMO_DIR/corpus.json" --tokenizer-type BertWordPieceLowerCase \
+"$PYTHON" tools/train_tokenizer.py --input "$DEMO_DIR/corpus.json" --tokenizer-type BertWordPieceLowerCase \
     --vocab-size "$VOCAB_SIZE" --output-dir "$DEMO_DIR/vocab"
 VOCAB="$DEMO_DIR/vocab/vocab.txt"
 
 echo "== 3. TFRecords (MLPerf flags, seed 12345)"
 rm -rf "$DEMO_DIR/tfrecord" "$DEMO_DIR/eval" "$DEMO_DIR/idx"
-python3 tools/create_pretraining_data.py --input_file="$DEMO_DIR/text/part-*" --output_dir="$DEMO_DIR/tfrecord" \
+"$PYTHON" tools/create_pretraining_data.py --input_file="$DEMO_DIR/text/part-*" --output_dir="$DEMO_DIR/tfrecord" \
     --workers="$WORKERS" --vocab_file="$VOCAB" --do_lower_case=True --max_seq_length="$SEQ" \
     --max_predictions_per_seq="$PREDS" --masked_lm_prob=0.15 --random_seed=12345 --dupe_factor="$DUPE"
-python3 tools/create_pretraining_data.py --input_file="$DEMO_DIR/text/eval.txt" \
+"$PYTHON" tools/create_pretraining_data.py --input_file="$DEMO_DIR/text/eval.txt" \
     --output_file="$DEMO_DIR/eval_intermediate" --vocab_file="$VOCAB" --do_lower_case=True \
     --max_seq_length="$SEQ" --max_predictions_per_seq="$PREDS" --masked_lm_prob=0.15 --random_seed=12345 \
     --dupe_factor=10
 
 echo "== 4. eval pick and index files"
-python3 tools/pick_eval_samples.py --input_tfrecord="$DEMO_DIR/eval_intermediate" \
+"$PYTHON" tools/pick_eval_samples.py --input_tfrecord="$DEMO_DIR/eval_intermediate" \
     --output_tfrecord="$DEMO_DIR/eval/eval_10k" --num_examples_to_pick="$EVAL_PICK" \
     --max_seq_length="$SEQ" --max_predictions_per_seq="$PREDS"
-python3 tools/make_idx.py --tfrecord_train="$DEMO_DIR/tfrecord" --tfrecord_eval="$DEMO_DIR/eval" \
+"$PYTHON" tools/make_idx.py --tfrecord_train="$DEMO_DIR/tfrecord" --tfrecord_eval="$DEMO_DIR/eval" \
     --output_idx="$DEMO_DIR/idx"
 
 echo "== 5. BERT pretraining from the TFRecords ($ITERS iterations)"
-python pretrain_bert.py --num-layers "$LAYERS" --hidden-size "$HIDDEN" --num-attention-heads "$HEADS" \
+"$PYTHON" pretrain_bert.py --num-layers "$LAYERS" --hidden-size "$HIDDEN" --num-attention-heads "$HEADS" \
     --seq-length "$SEQ" --max-position-embeddings "$SEQ" \
     --micro-batch-size "$BATCH" --global-batch-size "$BATCH" --train-iters "$ITERS" \
     --data-impl tfrecord --data-path "$DEMO_DIR/tfrecord/part-*" --tfrecord-index-dir "$DEMO_DIR/idx" \
