@@ -52,7 +52,7 @@ def masked_softmax(scores: torch.Tensor, mask: Optional[torch.Tensor], scale: fl
 def layer_norm(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor], eps: float,
                enabled: bool = True) -> torch.Tensor:
     """Layer norm over the last dimension with fp32 statistics."""
-    if use_triton(x, enabled) and x.shape[-1] <= 65536:
+    if use_triton(x, enabled) and x.shape[-1] <= 16384:
         from megatron.core.fusions import triton_layer_norm
 
         return triton_layer_norm.layer_norm(x, weight, bias, eps)

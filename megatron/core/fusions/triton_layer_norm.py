@@ -76,6 +76,11 @@ def _ln_bwd_params(g_ptr, x_ptr, mean_ptr, rstd_ptr, dw_ptr, db_ptr, n_rows, n_c
     tl.store(db_ptr + cols, db, mask=cm)
 
 
+def _num_warps(block: int) -> int:
+    # One row per program: more warps for wider rows keeps the row in registers without spilling.
+    return min(max(block // 256, 1), 16)
+
+
 class _LayerNorm(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, eps):
@@ -89,7 +94,7 @@ class _LayerNorm(torch.autograd.Function):
         block = triton.next_power_of_2(n_cols)
         _ln_fwd[(n_rows,)](x2, weight if weight is not None else x2, bias if bias is not None else x2, y, mean,
                            rstd, n_cols, eps, HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None,
-                           BLOCK=block)
+                           BLOCK=block, num_warps=_num_warps(block))
         ctx.save_for_backward(x2, weight, bias, mean, rstd)
         ctx.shape = shape
         return y.reshape(shape)
@@ -102,7 +107,7 @@ class _LayerNorm(torch.autograd.Function):
         dx = torch.empty_like(x2)
         block = triton.next_power_of_2(n_cols)
         _ln_bwd_input[(n_rows,)](g2, x2, weight if weight is not None else x2, mean, rstd, dx, n_cols,
-                                 HAS_WEIGHT=weight is not None, BLOCK=block)
+                                 HAS_WEIGHT=weight is not None, BLOCK=block, num_warps=_num_warps(block))
         dweight = dbias = None
         if weight is not None or bias is not None:
             dw = torch.empty(n_cols, dtype=torch.float32, device=x2.device)

@@ -66,6 +66,10 @@ def _mask_grad(dx_ptr, mask_ptr, n_heads, sq, sk, m_sb, m_sh, m_sq, m_sk, MODE: 
     tl.store(dx_ptr + row * sk + cols, tl.zeros((BLOCK,), dtype=dx_ptr.dtype.element_ty), mask=inside & masked)
 
 
+def _num_warps(block: int) -> int:
+    return min(max(block // 256, 1), 16)
+
+
 class _ScaledMaskedSoftmax(torch.autograd.Function):
     @staticmethod
     def forward(ctx, scores, mask, scale, causal):
@@ -81,7 +85,7 @@ class _ScaledMaskedSoftmax(torch.autograd.Function):
             strides = mask_u8.stride()
         block = triton.next_power_of_2(sk)
         _softmax_fwd[(b * n_heads * sq,)](x, mask_u8, y, n_heads, sq, sk, float(scale), *strides,
-                                         MODE=mode, BLOCK=block)
+                                         MODE=mode, BLOCK=block, num_warps=_num_warps(block))
         ctx.save_for_backward(y, mask_u8 if mode == 1 else None)
         ctx.scale, ctx.mode, ctx.strides = float(scale), mode, strides
         return y
@@ -94,7 +98,7 @@ class _ScaledMaskedSoftmax(torch.autograd.Function):
         dx = torch.empty_like(y)
         block = triton.next_power_of_2(sk)
         rows = b * n_heads * sq
-        _softmax_bwd[(rows,)](grad, y, dx, sk, ctx.scale, BLOCK=block)
+        _softmax_bwd[(rows,)](grad, y, dx, sk, ctx.scale, BLOCK=block, num_warps=_num_warps(block))
         if ctx.mode != 0:
             _mask_grad[(rows,)](dx, mask_u8 if mask_u8 is not None else dx, n_heads, sq, sk, *ctx.strides,
                                 MODE=ctx.mode, BLOCK=block)
