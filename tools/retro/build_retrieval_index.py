@@ -91,7 +91,7 @@ def stage0(args, dataset, tokenizer):
                                                      args.workers, bar))
     embeddings = np.concatenate([e for _, e in blocks])
     start = time.perf_counter()
-    trained = retro_index.train_index(retro_index.to_gpus(index), embeddings)
+    trained = retro_index.train_index(index if device == "cpu" else retro_index.to_gpus(index), embeddings)
     log(f" > trained in {time.perf_counter() - start:.1f} s")
     retro_index.write_index(trained, args.output_file)
     log(f" > wrote the trained index {args.output_file}")
@@ -112,7 +112,9 @@ def stage1(args, dataset, tokenizer):
     if retro_embed.embedding_dimension(model) != index.d:
         raise RetroToolError(f"--sentence_transformer_model {args.sentence_transformer_model} embeds in "
                              f"{retro_embed.embedding_dimension(model)} dimensions, the index has {index.d}")
-    log(f" > shard {shard_id}/{total_shards}: chunks [{start}, {stop}) of {total}")
+    log(f" > shard {shard_id}/{total_shards}: chunks [{start}, {stop}) of {total}; the shard index will take about "
+        f"{gib(retro_index.index_memory_bytes(index, stop - start, index.d))}, each block of embeddings "
+        f"{gib(min(args.train_chunk_size, stop - start) * index.d * 4)}")
     texts = retro_embed.ChunkTexts(dataset, tokenizer)
     t0 = time.perf_counter()
     with progress_bar(stop - start, f"embed+add shard {shard_id}") as bar:
