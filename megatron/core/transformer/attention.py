@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from megatron.core.fusions import fused
+from megatron.core.fusions.tracked_dropout import tracked_dropout
 from megatron.core.parallel_state import ProcessGroups, get_process_groups
 from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear, checkpoint, get_rng_tracker
 from megatron.core.transformer.config import TransformerConfig
@@ -86,13 +87,12 @@ class CoreAttention(nn.Module):
                 attention_mask: Optional[torch.Tensor]) -> torch.Tensor:
         # query [sq, b, np, hn]; key, value [sk, b, ng, hn] with ng dividing np
         sq, b, np_, hn = query.shape
-        sk, groups = key.shape[0], key.shape[2]
-        if groups != np_:
-            # Query head j of a rank uses key/value group j // (np / ng), as the fused rows are ordered.
-            key = key.repeat_interleave(np_ // groups, dim=2)  # [sk, b, np, hn]
-            value = value.repeat_interleave(np_ // groups, dim=2)
+        sk = key.shape[0]
         mask = build_attention_mask(attention_mask, self.attn_mask_type, sq, sk, query.device)
-        if self.config.attention_backend == "sdpa":
+        # Compiled with attention dropout, the explicit path runs: SDPA's dropout needs the RNG
+        # fork, which Dynamo cannot trace (fusions/tracked_dropout.py).
+        compiled_dropout = torch.compiler.is_compiling() and self.training and self.dropout_p > 0
+        if self.config.attention_backend == "sdpa" and not compiled_dropout:
             plain_causal = self.attn_mask_type == AttnMaskType.causal and attention_mask is None and sq == sk
             context = self._sdpa(query, key, value, None if plain_causal else mask, plain_causal)
         else:
@@ -101,7 +101,10 @@ class CoreAttention(nn.Module):
         return context.reshape(sq, b, np_ * hn)  # [sq, b, np * hn]
 
     def _sdpa(self, query, key, value, mask, is_causal):
-        q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))  # [b, np, s, hn]
+        q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))  # [b, np, s, hn]; k, v [b, ng, s, hn]
+        # Grouped-query attention: SDPA reads each group's keys for its heads without copying them
+        # (query head j uses group j // (np / ng), the order of the fused QKV rows).
+        gqa = {"enable_gqa": True} if k.shape[1] != q.shape[1] else {}
         attn_mask = None
         if mask is not None:
             # Additive -10000 rather than a boolean mask, matching the explicit path instead of
@@ -109,12 +112,17 @@ class CoreAttention(nn.Module):
             attn_mask = torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill(mask, -10000.0)
         dropout_p = self.dropout_p if self.training else 0.0
         with get_rng_tracker().fork() if dropout_p > 0 else contextlib.nullcontext():
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
+                                                 **gqa)
         return out.permute(2, 0, 1, 3)  # [sq, b, np, hn]
 
     def _unfused(self, query, key, value, mask, causal: bool = False):
         sq, b, np_, hn = query.shape
         sk = key.shape[0]
+        if key.shape[2] != np_:
+            # Query head j of a rank uses key/value group j // (np / ng), as the fused rows are ordered.
+            key = key.repeat_interleave(np_ // key.shape[2], dim=2)  # [sk, b, np, hn]
+            value = value.repeat_interleave(np_ // value.shape[2], dim=2)
         q = query.reshape(sq, b * np_, hn).transpose(0, 1)  # [b * np, sq, hn]
         k = key.reshape(sk, b * np_, hn).transpose(0, 1)  # [b * np, sk, hn]
         v = value.reshape(sk, b * np_, hn).transpose(0, 1)
@@ -124,8 +132,11 @@ class CoreAttention(nn.Module):
                                      enabled=self.config.masked_softmax_fusion)
         if self.training and self.dropout_p > 0:
             # Each rank holds different heads, so their dropout must come from the per-rank stream.
-            with get_rng_tracker().fork():
-                probs = F.dropout(probs, p=self.dropout_p)
+            if torch.compiler.is_compiling():
+                probs = tracked_dropout(probs, self.dropout_p)
+            else:
+                with get_rng_tracker().fork():
+                    probs = F.dropout(probs, p=self.dropout_p)
         context = torch.bmm(probs.view(b * np_, sq, sk), v)  # [b * np, sq, hn]
         return context.view(b, np_, sq, hn).permute(2, 0, 1, 3)  # [sq, b, np, hn]
 
