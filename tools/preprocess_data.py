@@ -88,7 +88,7 @@ def get_args(argv=None):
 
     group = parser.add_argument_group("retmmap (NeMo RETRO) output")
     group.add_argument("--chunk_size", "--retrieval-chunk-size", dest="retrieval_chunk_size", type=int, default=64,
-                       help="tokens per retrieval chunk (the underscore spelling: --chunk-size is the worker task size)")
+                       help="tokens per retrieval chunk (underscore spelling: --chunk-size is the worker task size)")
     add_flag(group, "--chunk_stride_size", type=int, default=64,
              help="tokens between the starts of consecutive chunks; chunk_size must be a multiple of it")
     add_flag(group, "--retrieval-db", action="store_true",

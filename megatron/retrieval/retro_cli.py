@@ -89,7 +89,7 @@ def open_input(args):
         dataset = RetrievalIndexedDataset(prefix, pad_id=tokenizer.pad)
     except (IndexedDatasetError, ValueError) as e:
         raise RetroToolError(str(e)) from None
-    if dataset.chunks and dataset.dtype.kind in "iu" and len(dataset) and int(dataset.get_padded(0)[-1]) != tokenizer.pad:
+    if len(dataset) and int(dataset.get_padded(0)[-1]) != tokenizer.pad:
         raise RetroToolError(f"--input_file {prefix}: documents are padded with id {int(dataset.get_padded(0)[-1])} "
                              f"but the tokenizer's pad id is {tokenizer.pad}: give the tokenizer flags the "
                              f"dataset was made with")

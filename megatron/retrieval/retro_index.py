@@ -166,7 +166,6 @@ def add_to_index(index, blocks):
 
 def merge_index_shards(trained_index_path, shard_prefix, output_path, log=print):
     """Stage 2: every ``<shard_prefix>*`` shard index into ``output_path``; returns its size."""
-    faiss = require_faiss()
     shards = sorted(p for p in glob.glob(shard_prefix + "*")
                     if os.path.abspath(p) != os.path.abspath(output_path) and not p.endswith(".ivfdata"))
     if not shards:

@@ -19,7 +19,8 @@ def reference_files(docs, pad, chunk_size, stride, retrieval_db, dtype=np.uint16
         size = len(doc) + padding
         pointer = len(binary)
         tail = padding + (chunk_size if retrieval_db else 0)
-        binary += np.concatenate([np.asarray(doc, dtype=dtype), np.full(tail, pad, dtype=dtype)]).astype("<u2").tobytes()
+        padded = np.concatenate([np.asarray(doc, dtype=dtype), np.full(tail, pad, dtype=dtype)])
+        binary += padded.astype("<u2").tobytes()
         sizes.append(size)
         pointers.append(pointer)
         starts.append(chunk_id)
