@@ -134,7 +134,8 @@ def _check_retmmap_args(parser, args):
                                        ("--chunk_size", args.retrieval_chunk_size != 64),
                                        ("--chunk_stride_size", args.chunk_stride_size != 64)) if on]
         if given:
-            parser.error(f"{', '.join(given)} only apply with --dataset-impl retmmap")
+            verb = "applies" if len(given) == 1 else "apply"
+            parser.error(f"{', '.join(given)} only {verb} with --dataset-impl retmmap")
         return
     if args.split_sentences:
         parser.error("--split-sentences does not apply with --dataset-impl retmmap (one sequence per document)")
