@@ -69,19 +69,28 @@ def run_layer(layer, x, kwargs, seed=11):
     return out.detach(), x.grad, grads
 
 
-@pytest.mark.parametrize("kind, backend", [("gpt", "sdpa"), ("bert", "sdpa"), ("t5", "sdpa"), ("gpt", "unfused")])
-def test_layer_compiles_without_graph_breaks_and_equals_eager(kind, backend):
+@pytest.mark.parametrize("kind, backend, attention_dropout", [
+    ("gpt", "sdpa", 0.0), ("bert", "sdpa", 0.1), ("t5", "sdpa", 0.0), ("gpt", "unfused", 0.1)])
+def test_layer_compiles_without_graph_breaks_and_equals_eager(kind, backend, attention_dropout):
+    """Attention dropout draws from the tracked per-TP-rank stream through a custom op when compiled
+    (no break). On the CPU its mask equals the eager unfused path's (same stream, same Bernoulli
+    draw); the eager SDPA path draws its dropout differently, so it is compared without dropout."""
     torch._dynamo.reset()
-    model_parallel_manual_seed(5)
     layer_type, mask_type, x, kwargs = layer_inputs(kind)
-    layer = TransformerLayer(tiny_config(attention_backend=backend), 1, layer_type, mask_type, pg=single_groups())
+    config = tiny_config(attention_backend=backend, attention_dropout=attention_dropout)
+    layer = TransformerLayer(config, 1, layer_type, mask_type, pg=single_groups())
+    model_parallel_manual_seed(5)
     explanation = torch._dynamo.explain(layer)(x, **kwargs)
     assert explanation.graph_break_count == 0, [r.reason for r in explanation.break_reasons]
     assert explanation.graph_count == 1
 
+    if backend == "sdpa" and attention_dropout > 0:
+        layer.self_attention.core_attention.dropout_p = 0.0
+    model_parallel_manual_seed(5)
     eager = run_layer(layer, x, kwargs)
     torch._dynamo.utils.counters.clear()
     compile_transformer_layers(layer, backend="aot_eager")
+    model_parallel_manual_seed(5)
     compiled = run_layer(layer, x, kwargs)
     assert not torch._dynamo.utils.counters["graph_break"], dict(torch._dynamo.utils.counters["graph_break"])
     torch.testing.assert_close(compiled[0], eager[0], rtol=1e-5, atol=1e-6)
