@@ -52,7 +52,7 @@ def model_provider(pre_process=True, post_process=True):
     except ValueError as error:
         raise REALMSetupError(str(error)) from None
     print_rank_0("building the REALM retriever (ICT biencoder) and reader (BERT) ...")
-    model = build_realm_model(args, core_transformer_config_from_args(args), get_tokenizer().pad)
+    model = build_realm_model(args, core_transformer_config_from_args(args), get_tokenizer())
     if resuming(args):
         print_rank_0(f"> --load {args.load} holds a checkpoint: resuming from it, --ict-load and --bert-load not used")
     else:

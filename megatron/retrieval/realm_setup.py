@@ -44,10 +44,11 @@ def resuming(args) -> bool:
     return bool(args.load) and os.path.isfile(get_checkpoint_tracker_filename(args.load))
 
 
-def build_realm_model(args, config, pad_id: int) -> REALMModel:
+def build_realm_model(args, config, tokenizer) -> REALMModel:
     return REALMModel(config, vocab_size=args.padded_vocab_size, max_sequence_length=args.max_position_embeddings,
                       projection_dim=args.biencoder_projection_dim or 0,
-                      shared_query_context_model=bool(args.biencoder_shared_query_context_model), pad_id=pad_id)
+                      shared_query_context_model=bool(args.biencoder_shared_query_context_model),
+                      pad_id=tokenizer.pad, true_vocab_size=tokenizer.vocab_size)
 
 
 def load_retriever(model: REALMModel, load_dir: Optional[str], args, pg) -> None:

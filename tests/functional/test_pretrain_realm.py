@@ -122,3 +122,16 @@ def test_bad_spans_given_by_the_corpus_are_one_line_naming_the_line(realm_inputs
     assert result.returncode != 0
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith(f"pretrain_realm.py: error: {bad}:1: salient span [0, 1000000] is not [start, end)")
+
+
+@pytest.mark.slow
+def test_tensor_parallel_2_equals_1(realm_inputs):
+    # Each layout pads the vocabulary differently; the reader's softmax covers the true vocabulary only.
+    no_dropout = ["--hidden-dropout", "0", "--attention-dropout", "0", "--eval-interval", "1000", "--eval-iters", "0"]
+    one = parse_iterations(run_script("pretrain_realm.py", realm_args(realm_inputs, *no_dropout)).stdout)
+    two = parse_iterations(run_script("pretrain_realm.py", realm_args(realm_inputs, *no_dropout,
+                                                                      "--tensor-model-parallel-size", "2"),
+                                      nproc=2, timeout=600).stdout)
+    for iteration in one:
+        for key in ("marginal loss", "retrieval_utility", "source_doc_in_topk", "masked_token_acc"):
+            assert two[iteration][key] == pytest.approx(one[iteration][key], rel=1e-5, abs=1e-6), (iteration, key)

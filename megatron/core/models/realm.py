@@ -82,7 +82,7 @@ class REALMModel(nn.Module):
 
     def __init__(self, config: TransformerConfig, vocab_size: int, max_sequence_length: int,
                  projection_dim: int = 0, shared_query_context_model: bool = False, pad_id: int = 0,
-                 pg: Optional[ProcessGroups] = None):
+                 true_vocab_size: Optional[int] = None, pg: Optional[ProcessGroups] = None):
         super().__init__()
         self.pg = pg if pg is not None else get_process_groups()
         if self.pg.pipeline_model_parallel_size != 1:
@@ -92,6 +92,9 @@ class REALMModel(nn.Module):
             raise ValueError("REALMModel reads masked positions only and does not support sequence parallelism")
         self.config = config
         self.pad_id = pad_id
+        # Rows past the tokenizer's vocabulary only pad the embedding for tensor parallelism; they are
+        # left out of the reader's softmax, so every layout (each pads differently) predicts alike.
+        self.true_vocab_size = true_vocab_size
         self.max_sequence_length = max_sequence_length
         self.retriever = BiEncoderModel(config, vocab_size, max_sequence_length, num_tokentypes=2,
                                         projection_dim=projection_dim,
@@ -114,7 +117,7 @@ class REALMModel(nn.Module):
 
     def reader_log_probs(self, tokens: torch.Tensor, pad_mask: torch.Tensor, token_types: torch.Tensor,
                          mask_positions: torch.Tensor) -> torch.Tensor:
-        """Full-vocabulary log-probabilities ``[rows, m, vocab]`` at ``mask_positions [rows, m]``.
+        """Log-probabilities over the (true) vocabulary ``[rows, m, vocab]`` at ``mask_positions [rows, m]``.
 
         Only the masked positions go through the LM head (logits of every position of every
         candidate would not fit); under tensor parallelism the vocabulary shards are gathered."""
@@ -125,7 +128,10 @@ class REALMModel(nn.Module):
         logits = self.reader.lm_head(selected, self.reader.word_embeddings_weight())  # [m, rows, v/tp]
         if self.pg.tensor_model_parallel_size > 1:
             logits = gather_from_tensor_model_parallel_region(logits, self.pg.tp)
-        return torch.log_softmax(logits.float(), dim=-1).transpose(0, 1)  # [rows, m, vocab]
+        logits = logits.float()
+        if self.true_vocab_size is not None and self.true_vocab_size < logits.shape[-1]:
+            logits = logits[..., :self.true_vocab_size]
+        return torch.log_softmax(logits, dim=-1).transpose(0, 1)  # [rows, m, vocab]
 
     def forward(self, query_tokens: torch.Tensor, query_pad_mask: torch.Tensor, mask_positions: torch.Tensor,
                 mask_labels: torch.Tensor, mask_valid: torch.Tensor, retrieve: Callable):
