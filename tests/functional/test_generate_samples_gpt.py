@@ -56,8 +56,10 @@ def test_tensor_parallel_generation_equals_single_process(tmp_path, prompt_file,
 
 
 def test_unconditional_sampling(tmp_path):
+    # With the training schedule of the user's pretraining GPT_ARGS, here without --train-iters.
     results = generate(tmp_path, "samples", "--num-samples", "3", "--top_k", "8", "--temperature", "0.9",
-                       "--out-seq-length", "10")
+                       "--out-seq-length", "10", "--lr", "0.00015", "--lr-decay-iters", "320000",
+                       "--lr-decay-style", "cosine", "--lr-warmup-fraction", ".01")
     assert len(results) == 3 and all(r["prompt"] == "" and 1 <= r["length"] <= 10 for r in results)
     assert len({r["text"] for r in results}) > 1  # sampled, not one greedy text three times
 
