@@ -8,30 +8,32 @@
 # The tokenizer defaults to a Hugging Face tokenizer.json (TOKENIZER_MODEL); any tokenizer works through
 # TOKENIZER_ARGS, e.g. TOKENIZER_ARGS="--tokenizer-type GPT2BPETokenizer --vocab-file V --merge-file M".
 # A Hugging Face Llama checkpoint converts to this layout (and back) with
-#   python tools/convert_hf_checkpoint.py --direction from-hf --model-type llama --load HF_DIR --save CKPT \
+#   python3 tools/convert_hf_checkpoint.py --direction from-hf --model-type llama --load HF_DIR --save CKPT \
 #       --target-tensor-parallel-size 2 --target-pipeline-parallel-size 2
 # and continues training with LOAD_ARGS="--finetune" or "--no-load-optim --no-load-rng".
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The interpreter to run (its torch and this package): PYTHON=/path/to/venv/bin/python to choose one.
+PYTHON=${PYTHON:-python3}
 
 DATA_PATH=${DATA_PATH:-demo/llama_text_document}
 TOKENIZER_MODEL=${TOKENIZER_MODEL:-checkpoints/llama3_8b_hf/tokenizer.json}
 TOKENIZER_ARGS=${TOKENIZER_ARGS:---tokenizer-type HuggingFaceTokenizer --tokenizer-model $TOKENIZER_MODEL}
 CHECKPOINT_PATH=${CHECKPOINT_PATH:-checkpoints/llama3_8b}
-if python -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+if "$PYTHON" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then
     PRECISION=${PRECISION---bf16}
 else
     PRECISION=${PRECISION-}
 fi
 
-GPUS_PER_NODE=${GPUS_PER_NODE:-$(python -c "import torch; print(torch.cuda.device_count() or 2)")}
+GPUS_PER_NODE=${GPUS_PER_NODE:-$("$PYTHON" -c "import torch; print(torch.cuda.device_count() or 2)")}
 NNODES=${NNODES:-1}
 NODE_RANK=${NODE_RANK:-0}
 MASTER_ADDR=${MASTER_ADDR:-localhost}
 MASTER_PORT=${MASTER_PORT:-6000}
 DISTRIBUTED_ARGS="--nproc_per_node $GPUS_PER_NODE --nnodes $NNODES --node_rank $NODE_RANK --master_addr $MASTER_ADDR --master_port $MASTER_PORT"
 
-python -m torch.distributed.run $DISTRIBUTED_ARGS \
+"$PYTHON" -m torch.distributed.run $DISTRIBUTED_ARGS \
     pretrain_gpt.py \
     --tensor-model-parallel-size "${TP:-2}" \
     --pipeline-model-parallel-size "${PP:-2}" \
