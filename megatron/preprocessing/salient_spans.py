@@ -12,10 +12,10 @@ corpus with a BERT-based CoNLL-2003 tagger plus a date regular expression; this 
   from the **capitalisation heuristic**: a maximal run of capitalised words (first letter upper
   case) separated by single spaces, possibly joined by the particles of name phrases (``of``,
   ``de``, ``van``, ``von``, ``der``, ``la``, ``le``, ``da``, ``di``, ``del``, ``du``), with
-  leading articles and sentence-opening function words (``The``, ``See``, ``In``...) dropped. A lone capitalised word that opens a sentence
-  (text start, or after ``.``, ``!``, ``?``, ``:`` or a blank line) is kept only when it is written
-  in capitals (``NASA``) or has an inner capital (``PyPI``), since every sentence opens with a
-  capital; common sentence-opening function words (``This``, ``It``, ``In``...) never count.
+  leading articles and sentence-opening function words (``The``, ``See``, ``In``...) dropped.
+  A lone capitalised word that opens a sentence (text start, or after ``.``, ``!``, ``?``, ``:``
+  or a newline) is kept only when it is written in capitals (``NASA``) or has an inner capital
+  (``PyPI``), since every sentence opens with a capital; those function words never count alone.
 
 Overlaps are resolved in that order: dates, then numbers, then entities; a later span that
 overlaps an earlier one is dropped. No torch import.

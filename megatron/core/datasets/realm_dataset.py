@@ -183,7 +183,8 @@ class REALMDataset(torch.utils.data.Dataset):
         self.masking_style = masking_style
         self.max_masks = max_masks
         self.seed = seed
-        self.cls_id, self.sep_id, self.mask_id, self.pad_id = tokenizer.cls, tokenizer.sep, tokenizer.mask, tokenizer.pad
+        self.cls_id, self.sep_id = tokenizer.cls, tokenizer.sep
+        self.mask_id, self.pad_id = tokenizer.mask, tokenizer.pad
         first_sentence = self.doc_idx[document_range[0]]
         last_sentence = self.doc_idx[document_range[1]]
         spans = np.asarray(span_table, dtype=np.int64).reshape(-1, 3)
