@@ -36,3 +36,18 @@ def test_references_run_without_cuda():
     assert torch.equal(fused.bias_gelu(None, x), ops.gelu_tanh(x))
     w, b = torch.randn(8), torch.randn(8)
     assert torch.equal(fused.layer_norm(x, w, b, 1e-5), ops.layer_norm(x, w, b, 1e-5))
+
+
+def test_selection_follows_device_flags_and_availability(monkeypatch):
+    import torch
+
+    from megatron.core.fusions import select
+
+    x = torch.zeros(2)
+    assert not select.use_triton(x, enabled=True), "CPU tensors run the reference"
+    with select.force_triton():
+        assert select.use_triton(x, enabled=True)
+        assert not select.use_triton(x, enabled=False), "a --no-*-fusion flag switches the kernel off"
+        # Without triton installed (the 'fast' extra) the references run.
+        monkeypatch.setattr(select, "triton_available", lambda: False)
+        assert not select.use_triton(x, enabled=True)
