@@ -21,8 +21,8 @@ from megatron.errors import debug_enabled, input_errors_in_one_line, is_distribu
 from megatron.initialize import distributed_failure, get_device, initialize_megatron
 from megatron.model_setup import build_train_valid_test_data_iterators, data_parallel_group, setup_model_and_optimizer
 from megatron.startup_checks import check_inputs_at_startup
-from megatron.training_log import TrainingLogger, print_on_rank_0, validation_line, write_validation
-from megatron.utils import calc_params_l2_norm, print_rank_0
+from megatron.training_log import TrainingLogger, validation_line, write_validation
+from megatron.utils import calc_params_l2_norm, print_rank_0, print_rank_last
 
 _START_TIME = time.time()
 _SIGNAL_RECEIVED = False
@@ -276,7 +276,11 @@ def train(ctx: TrainingContext, train_data_iterator, valid_data_iterator):
         batch_size = get_current_global_batch_size()
         args.consumed_train_samples += batch_size
         logger.add(loss_dict, skipped_iter)
-        params_norm = calc_params_l2_norm(ctx.model, ctx.pg) if args.log_params_norm else None
+        # The parameter norm reads back a value: only on iterations that log it (a collective, so the
+        # condition depends on arguments every rank shares).
+        wanted = iteration % args.log_interval == 0 or (bool(getattr(args, "tensorboard_dir", None))
+                                                        and iteration % args.tensorboard_log_interval == 0)
+        params_norm = calc_params_l2_norm(ctx.model, ctx.pg) if args.log_params_norm and wanted else None
         line = logger.log(iteration, args.consumed_train_samples, ctx.scheduler.get_lr(), batch_size,
                           ctx.optimizer.get_loss_scale(), grad_norm, num_zeros, params_norm,
                           time.time() - interval_start, loss_dict)
@@ -285,7 +289,7 @@ def train(ctx: TrainingContext, train_data_iterator, valid_data_iterator):
                          f"(compilation of the transformer layers included)")
         logged = iteration % args.log_interval == 0
         if logged:
-            print_on_rank_0(line if _is_last_rank() else None)
+            print_rank_last(line)
             timers.log(["forward-backward", "optimizer"], normalizer=args.log_interval)
             interval_start = time.time()
 
@@ -296,10 +300,10 @@ def train(ctx: TrainingContext, train_data_iterator, valid_data_iterator):
         if logged or args.exit_signal_handler or args.exit_duration_in_mins:
             nan, signalled, time_up = _stop_flags(ctx, logged and logger.nan_in_last_interval)
         if nan:
-            print_on_rank_0(f"ERROR: loss is NaN or infinite at iteration {iteration} or in the "
+            print_rank_last(f"ERROR: loss is NaN or infinite at iteration {iteration} or in the "
                             f"--log-interval {args.log_interval} iterations before it "
                             f"({', '.join(f'{k}={float(v)}' for k, v in sorted(loss_dict.items()))}); "
-                            f"stopping the run" if _is_last_rank() else None)
+                            f"stopping the run")
             _finish_abnormally(2)
         if args.eval_interval and iteration % args.eval_interval == 0 and valid_data_iterator is not None \
                 and args.eval_iters > 0:
@@ -368,5 +372,5 @@ def evaluate_and_print_results(ctx: TrainingContext, label: str, data_iterator, 
     if _is_last_rank():
         write_validation(ctx.writer, split, loss_dict, iteration, ctx.args.consumed_train_samples,
                          ctx.args.log_validation_ppl_to_tensorboard)
-    print_on_rank_0(validation_line(label, loss_dict) if _is_last_rank() else None)
+    print_rank_last(validation_line(label, loss_dict))
     return loss_dict
