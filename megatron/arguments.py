@@ -576,6 +576,14 @@ def _validate_precision(args) -> None:
 
 
 def _validate_checkpointing(args) -> None:
+    if training_schedule(args) == "none":
+        # Megatron's OUTPUT_ARGS (--save-interval ...) passed to a tool that trains nothing: nothing to save.
+        given = [f"{_flag(name)} {getattr(args, name)}" for name in ("save", "save_interval")
+                 if getattr(args, name) is not None]
+        if given and args.rank == 0:
+            print(f"note: this tool saves no checkpoint; {' and '.join(given)} "
+                  f"{'has' if len(given) == 1 else 'have'} no effect", flush=True)
+        args.save = args.save_interval = None
     if args.save is not None and args.save_interval is None:
         raise ValueError(f"--save {args.save} needs --save-interval")
     if args.save_interval is not None and args.save is None:

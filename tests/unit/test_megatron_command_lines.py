@@ -41,8 +41,14 @@ def test_tools_that_do_not_train_accept_the_training_schedule_and_say_it_has_no_
     notes = [line for line in capsys.readouterr().out.splitlines() if line.startswith("note:")]
     assert notes == ["note: this tool does not train; --lr-decay-iters, --lr-warmup-fraction (training schedule) "
                      "have no effect"]
-    # GPT_ARGS with their length (and a rampup that needs samples) are accepted too.
+    # GPT_ARGS with their length (and a rampup that needs samples) are accepted too, and OUTPUT_ARGS.
     parse(MODEL + SCHEDULE + " --train-iters 500000 --rampup-batch-size 2 2 100", training_schedule="none")
+    capsys.readouterr()
+    args = parse(MODEL + " --save-interval 10000 --eval-interval 1000", training_schedule="none")
+    assert args.save is None and args.save_interval is None
+    assert "note: this tool saves no checkpoint; --save-interval 10000 has no effect" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="--save-interval 10000 needs --save"):
+        parse(MODEL + " --save-interval 10000")
 
 
 def test_generation_and_zero_shot_tasks_choose_no_training_and_fine_tuning_epochs():
