@@ -11,9 +11,9 @@ that cross a sentence boundary or do not fall on word boundaries find no match a
 (REALM also keeps only spans inside one sentence). The table ``[n, 3]`` (sentence, first token,
 end token) is cached next to the data like the other index caches.
 
-**Samples.** Sample ``i`` is span ``order[i]`` of the split's spans (spans of at most
-``max_masks`` tokens in the split's documents; ``order`` concatenates one seeded permutation
-per epoch); its randomness comes from ``random.Random(seed + i)``, so a sample depends only on
+**Samples.** Sample ``i`` is a span of the split (spans of at most ``max_masks`` tokens in the
+split's documents): epoch ``i // n`` of the ``n`` spans is one permutation seeded by the seed and
+the epoch; its randomness comes from ``random.Random(seed + i)``, so a sample depends only on
 (seed, i). The query is ``[CLS] sentence [SEP]`` (a window around the span when the sentence is
 longer), padded to ``query_seq_length``. Masking styles, with the same number of masked tokens:
 
@@ -195,23 +195,31 @@ class REALMDataset(torch.utils.data.Dataset):
         if len(self.spans) == 0 and num_samples > 0:
             raise ValueError(f"the {name} split has no salient span of 1 to {min(max_masks, query_seq_length - 2)} "
                              f"tokens (--realm-max-masks, --query-seq-length) to build queries from")
-        self.order = self._order(num_samples)
+        self.num_samples = max(0, num_samples)
+        self._permutations = {}
 
-    def _order(self, num_samples: int) -> np.ndarray:
-        if num_samples <= 0:
-            return np.zeros(0, np.int64)
-        epochs = -(-num_samples // len(self.spans))
-        rng = np.random.RandomState(self.seed % (2 ** 32))
-        return np.concatenate([rng.permutation(len(self.spans)) for _ in range(epochs)])[:num_samples]
+    def _span_index(self, idx: int) -> int:
+        """Span of sample ``idx``: epoch ``idx // n`` is a permutation of the n spans seeded by (seed, epoch),
+        made when first needed (a long run's whole order would not fit in memory)."""
+        epoch, offset = divmod(idx, len(self.spans))
+        permutation = self._permutations.get(epoch)
+        if permutation is None:
+            if len(self._permutations) >= 2:
+                self._permutations.pop(min(self._permutations))
+            permutation = np.random.RandomState((self.seed + 7919 * epoch) % (2 ** 32)).permutation(len(self.spans))
+            self._permutations[epoch] = permutation
+        return int(permutation[offset])
 
     def __len__(self):
-        return len(self.order)
+        return self.num_samples
 
     def document_of(self, sentence: int) -> int:
         return int(np.searchsorted(self.doc_idx, sentence, side="right") - 1)
 
     def __getitem__(self, idx):
-        sentence, span_start, span_end = (int(v) for v in self.spans[self.order[idx]])
+        if not 0 <= idx < self.num_samples:
+            raise IndexError(f"sample {idx} of {self.num_samples}")
+        sentence, span_start, span_end = (int(v) for v in self.spans[self._span_index(idx)])
         tokens = [int(t) for t in self.body[sentence]]
         room = self.query_seq_length - 2
         span_len = span_end - span_start
