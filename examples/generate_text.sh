@@ -17,7 +17,13 @@ TEMPERATURE=${TEMPERATURE:-1.0}
 TOP_P=${TOP_P:-0.9}
 NUMBER_OF_SAMPLES=${NUMBER_OF_SAMPLES:-2}
 OUTPUT_FILE=${OUTPUT_FILE:-unconditional_samples.json}
-PYTHON=${PYTHON:-python}
+PYTHON=${PYTHON:-python3}
+# Megatron-LM's example generates in fp16 on a GPU; on a CPU fp32 (PRECISION= to choose).
+if "$PYTHON" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+    PRECISION=${PRECISION---fp16}
+else
+    PRECISION=${PRECISION-}
+fi
 if [ -n "${SAMPLE_INPUT_FILE:-}" ]; then
     SAMPLES=(--sample-input-file "$SAMPLE_INPUT_FILE")
 else
@@ -40,4 +46,4 @@ fi
     --temperature "$TEMPERATURE" \
     --top_p "$TOP_P" \
     --genfile "$OUTPUT_FILE" \
-    "${SAMPLES[@]}" ${EXTRA_ARGS:-}
+    "${SAMPLES[@]}" $PRECISION ${EXTRA_ARGS:-}
