@@ -16,6 +16,8 @@ import pytest
 from test_generate_lib import model_args
 from test_training_lib import REPO
 
+pytest.importorskip("flask", reason="the server needs the 'server' extra: pip install -e '.[server]'")
+
 
 class Server:
     """The server as a subprocess that stops by itself after ``max_requests`` requests."""
