@@ -59,6 +59,10 @@ def reference_run(input_files, output_file, tokenizer, config):
     return len(instances)
 
 
+def plain(record):
+    return {name: values.tolist() for name, values in decode_example(record).items()}
+
+
 def make_demo_text(directory, parts):
     corpus = os.path.join(directory, "corpus.json")
     subprocess.run([sys.executable, "tools/make_demo_corpus.py", "--output", corpus], check=True,
@@ -99,8 +103,8 @@ def main():
             ref_count = reference_run([part], os.path.join(tmp, "reference"), tokenizer, config)
             ref = time.perf_counter() - start
             # protobuf orders map entries its own way, so records are compared decoded.
-            same = [decode_example(r) for r in read_records(os.path.join(tmp, "ours"))] == \
-                [decode_example(r) for r in read_records(os.path.join(tmp, "reference"))]
+            same = [plain(r) for r in read_records(os.path.join(tmp, "ours"))] == \
+                [plain(r) for r in read_records(os.path.join(tmp, "reference"))]
             rows.append(("reference algorithm (Python, protobuf)", ref, ref_count, 1.0))
             rows.append(("tools/create_pretraining_data.py", ours, count, ref / ours))
             print(f"identical output: {same} ({count} records)")

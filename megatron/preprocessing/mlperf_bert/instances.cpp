@@ -179,13 +179,34 @@ void put_feature(std::string& features, const char* key, const std::string& feat
   put_len_field(features, 1, entry);
 }
 
-std::string int64_feature(const int32_t* values, size_t n, size_t padded) {
-  std::string packed;
-  for (size_t i = 0; i < padded; ++i) put_varint(packed, i < n ? static_cast<uint64_t>(static_cast<int64_t>(values[i])) : 0);
-  std::string list, feature;
-  put_len_field(list, 1, packed);
-  put_len_field(feature, 3, list);
-  return feature;
+size_t varint_size(uint64_t v) {
+  size_t n = 1;
+  while (v >= 0x80) v >>= 7, ++n;
+  return n;
+}
+
+// A Features map entry written straight into `out` (sizes computed first, no temporaries):
+// entry = key (1) + Feature (2); Feature = Int64List (3) holding packed values (1).
+void append_int64_entry(std::string& out, const char* key, const int32_t* values, size_t n, size_t padded) {
+  size_t packed = padded - n;  // zero padding: one byte each
+  for (size_t i = 0; i < n; ++i) packed += varint_size(static_cast<uint64_t>(static_cast<int64_t>(values[i])));
+  const size_t key_len = std::strlen(key);
+  const size_t list = 1 + varint_size(packed) + packed;
+  const size_t feature = 1 + varint_size(list) + list;
+  const size_t entry = 1 + varint_size(key_len) + key_len + 1 + varint_size(feature) + feature;
+  out.push_back(0x0a);
+  put_varint(out, entry);
+  out.push_back(0x0a);
+  put_varint(out, key_len);
+  out.append(key, key_len);
+  out.push_back(0x12);
+  put_varint(out, feature);
+  out.push_back(0x1a);
+  put_varint(out, list);
+  out.push_back(0x0a);
+  put_varint(out, packed);
+  for (size_t i = 0; i < n; ++i) put_varint(out, static_cast<uint64_t>(static_cast<int64_t>(values[i])));
+  out.append(padded - n, '\0');
 }
 
 std::string float_feature(const std::vector<float>& values) {
@@ -334,6 +355,37 @@ class InstanceBuilder {
     const int32_t len_a = static_cast<int32_t>(a_hi - a_lo);
 
     // create_masked_lm_predictions: candidate positions (word groups with whole-word masking).
+    std::vector<int32_t> output = tokens;
+    std::vector<std::pair<int32_t, int32_t>> masked;  // (position, original id)
+    const int64_t num_to_predict = std::min<int64_t>(
+        p_.max_predictions_per_seq,
+        std::max<int64_t>(1, static_cast<int64_t>(std::nearbyint(static_cast<double>(tokens.size()) * p_.masked_lm_prob))));
+    if (!p_.do_whole_word_mask) {
+      // Single positions: the same draws as the general case below, without a vector per candidate.
+      cand_flat_.clear();
+      for (size_t i = 0; i < tokens.size(); ++i)
+        if (tokens[i] != p_.cls_id && tokens[i] != p_.sep_id) cand_flat_.push_back(static_cast<int32_t>(i));
+      rng_.shuffle(cand_flat_);
+      for (int32_t index : cand_flat_) {
+        if (static_cast<int64_t>(masked.size()) >= num_to_predict) break;
+        output[index] = replacement(tokens[index]);
+        masked.emplace_back(index, tokens[index]);
+      }
+    } else {
+      mask_whole_words(tokens, num_to_predict, output, masked);
+    }
+    std::sort(masked.begin(), masked.end());
+    store(output, masked, len_a, is_random);
+  }
+
+  int32_t replacement(int32_t original) {
+    if (rng_.random() < 0.8) return static_cast<int32_t>(p_.mask_id);
+    if (rng_.random() < 0.5) return original;
+    return static_cast<int32_t>(rng_.randint(0, p_.vocab_size - 1));
+  }
+
+  void mask_whole_words(const std::vector<int32_t>& tokens, int64_t num_to_predict, std::vector<int32_t>& output,
+                        std::vector<std::pair<int32_t, int32_t>>& masked) {
     std::vector<std::vector<int32_t>> cand;
     for (size_t i = 0; i < tokens.size(); ++i) {
       if (tokens[i] == p_.cls_id || tokens[i] == p_.sep_id) continue;
@@ -343,30 +395,19 @@ class InstanceBuilder {
         cand.push_back({static_cast<int32_t>(i)});
     }
     rng_.shuffle(cand);
-    const int64_t num_to_predict = std::min<int64_t>(
-        p_.max_predictions_per_seq,
-        std::max<int64_t>(1, static_cast<int64_t>(std::nearbyint(static_cast<double>(tokens.size()) * p_.masked_lm_prob))));
-    std::vector<std::pair<int32_t, int32_t>> masked;  // (position, original id)
-    std::vector<int32_t> output = tokens;
     for (const auto& index_set : cand) {
       if (static_cast<int64_t>(masked.size()) >= num_to_predict) break;
       if (static_cast<int64_t>(masked.size() + index_set.size()) > num_to_predict) continue;
       // Candidate sets are disjoint, so none is ever already covered.
       for (int32_t index : index_set) {
-        int32_t replacement;
-        if (rng_.random() < 0.8) {
-          replacement = static_cast<int32_t>(p_.mask_id);
-        } else if (rng_.random() < 0.5) {
-          replacement = tokens[index];
-        } else {
-          replacement = static_cast<int32_t>(rng_.randint(0, p_.vocab_size - 1));
-        }
-        output[index] = replacement;
+        output[index] = replacement(tokens[index]);
         masked.emplace_back(index, tokens[index]);
       }
     }
-    std::sort(masked.begin(), masked.end());
+  }
 
+  void store(const std::vector<int32_t>& output, const std::vector<std::pair<int32_t, int32_t>>& masked,
+             int32_t len_a, bool is_random) {
     if (tok_off_.empty()) tok_off_.push_back(0), mask_off_.push_back(0);
     inst_tokens_.insert(inst_tokens_.end(), output.begin(), output.end());
     tok_off_.push_back(static_cast<int64_t>(inst_tokens_.size()));
@@ -387,14 +428,16 @@ class InstanceBuilder {
     for (size_t i = 0; i < n_masked; ++i) weights[i] = 1.0f;
     const int32_t label = labels_[k];
     std::string features;
-    put_feature(features, "input_ids", int64_feature(ids, n, seq));
-    put_feature(features, "input_mask", int64_feature(ones.data(), n, seq));
-    put_feature(features, "segment_ids", int64_feature(segments.data(), n, seq));
-    put_feature(features, "masked_lm_positions", int64_feature(masked_pos_.data() + mask_off_[k], n_masked, preds));
-    put_feature(features, "masked_lm_ids", int64_feature(masked_ids_.data() + mask_off_[k], n_masked, preds));
+    features.reserve(8 * seq + 12 * preds + 256);
+    append_int64_entry(features, "input_ids", ids, n, seq);
+    append_int64_entry(features, "input_mask", ones.data(), n, seq);
+    append_int64_entry(features, "segment_ids", segments.data(), n, seq);
+    append_int64_entry(features, "masked_lm_positions", masked_pos_.data() + mask_off_[k], n_masked, preds);
+    append_int64_entry(features, "masked_lm_ids", masked_ids_.data() + mask_off_[k], n_masked, preds);
     put_feature(features, "masked_lm_weights", float_feature(weights));
-    put_feature(features, "next_sentence_labels", int64_feature(&label, 1, 1));
+    append_int64_entry(features, "next_sentence_labels", &label, 1, 1);
     std::string example_bytes;
+    example_bytes.reserve(features.size() + 8);
     put_len_field(example_bytes, 1, features);
     return example_bytes;
   }
@@ -404,6 +447,7 @@ class InstanceBuilder {
   std::vector<int32_t> tokens_;
   std::vector<int64_t> sent_off_, doc_off_, perm_, order_;
   std::vector<bool> continuation_;
+  std::vector<int32_t> cand_flat_;
   // Instances in creation order, flat.
   std::vector<int32_t> inst_tokens_, masked_pos_, masked_ids_, len_a_, labels_;
   std::vector<int64_t> tok_off_, mask_off_;
