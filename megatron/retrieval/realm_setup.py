@@ -193,8 +193,9 @@ class IndexState:
                 print_rank_0(f"> REALM index: the snapshot built at iteration {built_at} reloaded from {a.load}")
                 return
         if iteration > 0:
-            print_rank_0(f"> REALM index: WARNING no snapshot of the index built at iteration {built_at} under "
-                         f"{a.load}: re-embedding with the resumed weights, so this resume is not exact")
+            which = "any index" if built_at is None else f"the index built at iteration {built_at}"
+            print_rank_0(f"> REALM index: WARNING no snapshot of {which} under {a.load}: re-embedding with the "
+                         f"resumed weights, so this resume is not exact")
             self._built(core, iteration, "resume without a snapshot")
             return
         self._built(core, 0, "initial weights; no --block-data-path")
