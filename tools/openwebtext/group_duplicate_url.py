@@ -13,6 +13,8 @@ import sys
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
+from tqdm import tqdm  # noqa: E402
+
 from megatron.preprocessing.webtext.groups import group_pairs, read_pairs  # noqa: E402
 from megatron.preprocessing.webtext.jsonl import WebtextError, print_counts, run_cli, write_lines  # noqa: E402
 
@@ -33,7 +35,7 @@ def main(argv=None):
     seen = [0]
 
     def counted():
-        for pair in read_pairs(args.pairs):
+        for pair in tqdm(read_pairs(args.pairs), unit=" pairs", desc="group", disable=None, file=sys.stderr):
             seen[0] += 1
             yield pair
 

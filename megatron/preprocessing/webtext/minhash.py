@@ -376,10 +376,14 @@ def _verify_chunk(pairs: np.ndarray) -> List[Tuple[int, int, float]]:
 def verify_pairs(fp: Fingerprints, pairs: np.ndarray, char_ngram: int, kind: str, threshold: float,
                  workers: int, chunk: int = 2000) -> Iterator[Tuple[int, int, float]]:
     """The candidate pairs whose exact Jaccard similarity is at least ``threshold``, in pair order."""
+    from tqdm import tqdm
+
     chunks = (pairs[s:s + chunk] for s in range(0, len(pairs), chunk))
-    for kept in ordered_map(_verify_chunk, chunks, workers, initializer=_init_verify_worker,
-                            initargs=(fp, char_ngram, kind, threshold)):
-        yield from kept
+    with tqdm(total=len(pairs), unit=" pairs", desc="verify", disable=None) as progress:
+        for kept in ordered_map(_verify_chunk, chunks, workers, initializer=_init_verify_worker,
+                                initargs=(fp, char_ngram, kind, threshold)):
+            progress.update(min(chunk, progress.total - progress.n))
+            yield from kept
 
 
 def write_pairs(path: str, fp: Fingerprints, verified: Iterator[Tuple[int, int, float]]) -> int:
