@@ -16,14 +16,19 @@ ROOT = Path(__file__).resolve().parents[3]
 pytestmark = pytest.mark.skipif(not triton_available(), reason="triton is not installed (the 'fast' extra)")
 
 
+@pytest.fixture(scope="module")
+def interpreter_run():
+    """All checks in one fresh process (one torch/triton start-up), each reported on its own line."""
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(ROOT))
+    return subprocess.run([sys.executable, str(CHECKS)], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=600)
+
+
 @pytest.mark.parametrize("kernel", ["layer_norm", "bias_gelu", "bias_dropout_add", "masked_softmax",
                                     "cross_entropy"])
-def test_kernel_matches_reference_under_interpreter(kernel):
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(ROOT))
-    result = subprocess.run([sys.executable, str(CHECKS), kernel], cwd=ROOT, env=env, capture_output=True,
-                            text=True, timeout=300)
-    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
-    assert f"ok {kernel}" in result.stdout
+def test_kernel_matches_reference_under_interpreter(interpreter_run, kernel):
+    lines = interpreter_run.stdout.splitlines()
+    assert f"ok {kernel}" in lines, "\n".join(line for line in lines if kernel in line) + interpreter_run.stderr[-3000:]
 
 
 def test_references_run_without_cuda():

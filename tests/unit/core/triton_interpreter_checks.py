@@ -1,6 +1,6 @@
 """Checks of the Triton kernels against their PyTorch references, run under Triton's interpreter.
 
-Run as ``python triton_interpreter_checks.py NAME...`` by ``test_triton_kernels.py``: the
+Run as ``python triton_interpreter_checks.py [NAME...]`` (all checks by default) by ``test_triton_kernels.py``: the
 interpreter must be switched on (``TRITON_INTERPRET=1``) before ``triton`` is first imported, which
 only a fresh process guarantees without affecting other tests. Shapes are small and odd (not powers
 of two, not multiples of the block sizes) so the masking at the edges is exercised.
@@ -157,6 +157,12 @@ CHECKS = {name[len("check_"):]: fn for name, fn in dict(globals()).items() if na
 
 if __name__ == "__main__":
     torch.manual_seed(0)
-    for name in sys.argv[1:]:
-        CHECKS[name]()
-        print(f"ok {name}", flush=True)
+    failed = False
+    for name in sys.argv[1:] or list(CHECKS):
+        try:
+            CHECKS[name]()
+            print(f"ok {name}", flush=True)
+        except Exception as exc:  # noqa: BLE001 -- reported per check, the others still run
+            failed = True
+            print(f"FAIL {name}: {type(exc).__name__}: {exc}", flush=True)
+    sys.exit(1 if failed else 0)
