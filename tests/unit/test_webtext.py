@@ -95,6 +95,20 @@ def test_token_count_is_a_lower_bound_of_bpe(tmp_path):
     assert counter.count(text, 5) == 5  # stops early at the limit
 
 
+def test_token_count_with_a_gpt2_vocabulary(tmp_path):
+    from megatron.tokenizer.gpt2 import GPT2BPETokenizer, bytes_to_unicode
+    merges = [("\u0120", "t"), ("h", "e"), ("\u0120t", "he"), ("i", "s")]
+    tokens = list(bytes_to_unicode().values()) + [a + b for a, b in merges] + ["<|endoftext|>"]
+    (tmp_path / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}), encoding="utf-8")
+    (tmp_path / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges),
+                                         encoding="utf-8")
+    vocab, merge = str(tmp_path / "vocab.json"), str(tmp_path / "merges.txt")
+    text = "this is the text, the whole text"
+    exact_count = cleanup.TokenCounter(vocab, merge).count(text, 10 ** 6)
+    assert exact_count == len(GPT2BPETokenizer(vocab, merge).tokenize(text))
+    assert exact_count >= cleanup.TokenCounter().count(text, 10 ** 6)  # the regex count is a lower bound
+
+
 # ----------------------------------------------------------------------------- exact
 
 def test_exact_normalisation():

@@ -29,7 +29,9 @@ def parse_args(argv=None):
     parser.add_argument("--output", required=True, help="Where the duplicate pairs are written.")
     parser.add_argument("--text-key", default="text", help="JSON key of the document text.")
     parser.add_argument("--jaccard", default="union", choices=JACCARD_KINDS,
-                        help="Similarity: |A&B| over |A|B| (union), the smaller set (min) or the larger (max).")
+                        help="Similarity: |A&B| over |A|B| (union), the smaller set (min) or the larger (max). "
+                             "Candidates still come from union-Jaccard bands, so with min a short text inside a "
+                             "much longer one (low union similarity) can be missed.")
     parser.add_argument("--jaccard-threshold", type=float, default=0.5,
                         help="Report pairs with at least this exact similarity.")
     parser.add_argument("--num-bands", type=int, default=32, help="LSH bands.")

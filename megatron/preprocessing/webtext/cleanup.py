@@ -32,8 +32,8 @@ class CleanupConfig:
 class TokenCounter:
     def __init__(self, vocab_file: Optional[str] = None, merge_file: Optional[str] = None):
         if vocab_file:
-            from megatron.tokenizer.gpt2 import GPT2Tokenizer
-            self._tokenizer = GPT2Tokenizer(vocab_file, merge_file)
+            from megatron.tokenizer.gpt2 import GPT2BPETokenizer
+            self._tokenizer = GPT2BPETokenizer(vocab_file, merge_file)
             self._pattern = None
         else:
             import regex
@@ -97,7 +97,8 @@ def clean_text(text: str, state: _State) -> Tuple[Optional[str], str, str]:
         return None, "empty", ""
     language, prob = state.language.classify(text)
     if not state.language.keep(language, prob):
-        return None, "language", language
+        # A wanted language below --min-lang-prob is told apart from a foreign one in the report.
+        return None, "language", language if language not in state.language.languages else f"{language} (low prob)"
     if state.tokens.count(text, state.config.min_tokens) < state.config.min_tokens:
         return None, "too_short", language
     return text, "kept", language

@@ -124,7 +124,8 @@ def run_cli(main: Callable[[], Optional[int]]) -> None:
         print(f"{prog}: error: {error}", file=sys.stderr)
         sys.exit(1)
     except OSError as error:  # an unwritable output directory, a full disk: one line, not a traceback
-        print(f"{prog}: error: {error.filename or ''}: {error.strerror or error}", file=sys.stderr)
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"{prog}: error: {where}{error.strerror or error}", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:
         print(f"{prog}: interrupted; no output was published", file=sys.stderr)
