@@ -9,13 +9,16 @@ The update of every element is the one the unsharded optimizer would make, so th
 ``Float16OptimizerWithFloat16Params`` / ``FP32Optimizer`` on the same gradients.
 
 Checkpoints: ``state_dict()`` is collective over the data-parallel group (every DP rank must call
-it) and returns, on every rank, the whole unsharded state: the fp32 master of every parameter and
-every optimizer state tensor at full shape, in parameter order. Data-parallel rank 0 saves it
-like any optimizer state; on load every rank passes the same dict to ``load_state_dict()``, which
-keeps its own slices (no communication), so a resume is exact.
+it). Data-parallel rank 0 receives the whole unsharded state: the fp32 master of every parameter
+and every optimizer state tensor at full shape, in parameter order, which it saves like any
+optimizer state. The shards travel to it one bucket and one quantity at a time (a gather, not an
+all-reduce), so the other ranks never hold more than one bucket's shard beyond their own state and
+get back a dict without tensors (``fp32_params`` is None), which is not a checkpoint. On load every
+rank passes the saved dict to ``load_state_dict()``, which keeps its own slices (no
+communication), so a resume is exact and may change the data-parallel size.
 """
 from dataclasses import dataclass
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import torch
 import torch.distributed as dist
@@ -23,7 +26,7 @@ import torch.distributed as dist
 from megatron.core.distributed.distributed_data_parallel import DistributedDataParallel
 from megatron.core.distributed.grad_buffer import Bucket, GradBuffer
 from megatron.core.optimizer.optimizer import MegatronOptimizer, build_torch_optimizer, copy_tp_attributes
-from megatron.core.tensor_parallel.mappings import all_reduce
+from megatron.core.tensor_parallel.mappings import all_reduce, gather_to_first
 
 FORMAT = "megatron-lite distributed optimizer, unsharded, v1"
 _STATE_KEYS = {"adam": ("exp_avg", "exp_avg_sq"), "sgd": ("momentum_buffer",)}
@@ -102,21 +105,36 @@ class DistributedOptimizer(MegatronOptimizer):
             shard.master.data.copy_(shard.param.data.reshape(-1)[shard.start:shard.end].float())
 
     # -- checkpointing ---------------------------------------------------------------------------
-    def _gather_full(self, pieces) -> List[torch.Tensor]:
-        """Assemble full fp32 tensors from every rank's slices; ``pieces(shard)`` gives this rank's."""
-        full = [torch.zeros(p.numel(), dtype=torch.float32, device=p.device) for p in self.model_params]
+    def _gather_full(self, pieces) -> Optional[List[torch.Tensor]]:
+        """Full fp32 tensors, in parameter order, on data-parallel rank 0 (None on the others);
+        ``pieces(shard)`` gives this rank's slice. Every bucket is gathered separately, so no rank
+        builds a full-size buffer it does not keep."""
+        first = self.pg.dp_rank == 0
         index = {p: i for i, p in enumerate(self.model_params)}
+        full = [torch.zeros(p.shape, dtype=torch.float32, device=p.device) for p in self.model_params] \
+            if first else None
+        shards_of: Dict[int, List[_Shard]] = {}
         for shard in self.shards:
-            value = pieces(shard)
-            if value is not None:
-                full[index[shard.param]][shard.start:shard.end].copy_(value)
-        if full:
-            # Slices are disjoint and the rest is zero, so a sum assembles the whole tensors.
-            flat = torch.cat(full)
-            all_reduce(flat, self.pg.dp)
-            full = [t.view_as(p) for t, p in zip(flat.split([p.numel() for p in self.model_params]),
-                                                 self.model_params)]
-        return [t.clone() for t in full]
+            shards_of.setdefault(id(shard.bucket), []).append(shard)
+        for ddp in self.ddps:
+            for buffer in ddp.buffers:
+                for bucket in buffer.buckets:
+                    # Same buckets in the same order on every data-parallel rank: the gathers pair up.
+                    lo, hi = bucket.shard_range()
+                    local = torch.zeros(hi - lo, dtype=torch.float32, device=bucket.data.device)
+                    for shard in shards_of.get(id(bucket), ()):
+                        value = pieces(shard)
+                        if value is not None:
+                            begin = buffer.param_ranges[shard.param][0] + shard.start - lo
+                            local[begin:begin + shard.end - shard.start].copy_(value)
+                    gathered = gather_to_first(local, self.pg.dp)  # [dp x shard]: the whole bucket
+                    if not first:
+                        continue
+                    for param in bucket.params:
+                        if param in index:
+                            ps, pe = buffer.param_ranges[param]
+                            full[index[param]].view(-1).copy_(gathered[ps - bucket.start:pe - bucket.start])
+        return full
 
     def _max_over_dp(self, value: float) -> float:
         tensor = torch.tensor([value], dtype=torch.float64)
@@ -124,7 +142,8 @@ class DistributedOptimizer(MegatronOptimizer):
         return float(tensor.item())
 
     def state_dict(self) -> Dict:
-        """Collective over the data-parallel group; returns the whole unsharded state on every rank."""
+        """Collective over the data-parallel group; the whole unsharded state on data-parallel rank 0,
+        a dict without tensors (``fp32_params`` None) on the others."""
         inner = self.optimizer.state
         steps = [float(inner[s.master]["step"]) for s in self.shards if "step" in inner.get(s.master, {})]
         step = self._max_over_dp(max(steps) if steps else -1.0)
@@ -135,6 +154,8 @@ class DistributedOptimizer(MegatronOptimizer):
         if has_state:
             for key in keys:
                 state[key] = self._gather_full(lambda s, key=key: inner.get(s.master, {}).get(key))
+        if self.pg.dp_rank != 0:
+            state = None
         groups = [{k: v for k, v in group.items() if k != "params"} for group in self.optimizer.param_groups]
         return {
             "format": FORMAT,
@@ -151,6 +172,9 @@ class DistributedOptimizer(MegatronOptimizer):
                              f"{state_dict.get('format')!r}, expected {FORMAT!r} (was it saved without "
                              f"--use-distributed-optimizer? then load with --no-load-optim)")
         saved = state_dict["fp32_params"]
+        if saved is None:
+            raise ValueError("distributed optimizer: this state dict was returned to a data-parallel rank "
+                             "other than 0 and holds no tensors; load the one data-parallel rank 0 saved")
         shapes = [tuple(p.shape) for p in self.model_params]
         if [tuple(t.shape) for t in saved] != shapes:
             raise ValueError(f"distributed optimizer: checkpoint holds {len(saved)} parameters that do not match "
