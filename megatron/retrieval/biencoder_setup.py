@@ -102,7 +102,8 @@ def read_checkpoint_weights(load_dir: str, flag: str, args, pg) -> Tuple[Dict[st
         source = SourceCheckpoint(load_dir)
         full = merge_shards(source)
         num_layers = saved_arg(source.args, "num_layers")
-        shards = split_full(full, num_layers, pg.tensor_model_parallel_size, 1, args.padded_vocab_size)
+        shards = split_full(full, num_layers, pg.tensor_model_parallel_size, 1, args.padded_vocab_size,
+                            swiglu=bool(saved_arg(source.args, "swiglu")))
     except CheckpointError as error:
         raise CheckpointError(f"{flag} {load_dir}: {error}") from error
     return shards[(pg.tp_rank, 0)], source.args
