@@ -40,8 +40,14 @@ def test_chain_on_noisy_corpus(tmp_path):
     assert len(urls) == len(corpus) and "duplicate" in result.stdout
     assert not any("imgur" in u or u.endswith(".pdf") for u in urls)
 
-    run("exact_dedup.py", raw / "corpus.json", tmp_path / "exact.json", "--workers", 2)
+    run("exact_dedup.py", raw / "corpus.json", tmp_path / "exact.json", "--workers", 2, "--removed",
+        tmp_path / "removed.tsv")
     exact = {r["url"] for r in load(tmp_path / "exact.json")}
+    removed_lines = (tmp_path / "removed.tsv").read_text().splitlines()
+    assert len(removed_lines) == len(corpus) - len(exact) >= len(manifest["exact_duplicates"])
+    dropped, kept_at = removed_lines[0].split("\t")
+    line_of = lambda where: int(where.rsplit(":", 1)[1])  # noqa: E731
+    assert corpus[line_of(dropped) - 1]["url"] not in exact and corpus[line_of(kept_at) - 1]["url"] in exact
     assert all(a in exact and b not in exact for a, b in manifest["exact_duplicates"])
 
     result = run("cleanup_dataset.py", tmp_path / "exact.json", tmp_path / "clean.json", "--min-tokens", 64,
