@@ -6,7 +6,6 @@ Models are tiny and random (every parameter drawn, norms included); the conversi
 tool's ``main`` and real files."""
 import argparse
 import json
-import os
 
 import pytest
 import torch

@@ -37,7 +37,7 @@ def _clean_env(monkeypatch):
 
 
 def test_rms_norm_matches_transformers_llama_rms_norm():
-    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("transformers")
     from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
     x = torch.randn(5, 3, HIDDEN, generator=torch.Generator().manual_seed(0)) * 3 + 1
