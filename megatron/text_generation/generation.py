@@ -30,7 +30,8 @@ from megatron.text_generation.sampling import SamplingParams, sample
 
 
 class KVCache:
-    """Keys and values [s, b, np, hn] of the positions one self-attention layer has already seen.
+    """Keys and values [s, b, ng, hn] of the positions one self-attention layer has already seen
+    (ng: this rank's key/value groups, its heads without grouped-query attention).
 
     ``rotary`` is the model's rotary embedding (None for learned absolute positions): a cached
     step's new keys and queries are rotated by their absolute positions, which follow the cached ones.
