@@ -56,3 +56,14 @@ def test_selection_follows_device_flags_and_availability(monkeypatch):
         # Without triton installed (the 'fast' extra) the references run.
         monkeypatch.setattr(select, "triton_available", lambda: False)
         assert not select.use_triton(x, enabled=True)
+
+
+def test_kernels_compile_for_a_gpu_without_one():
+    """Ahead-of-time compilation to sm_90 PTX (triton_ptx_checks.py): the compiler's type rules, which
+    the interpreter does not apply."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env.pop("TRITON_INTERPRET", None)
+    result = subprocess.run([sys.executable, str(CHECKS.with_name("triton_ptx_checks.py"))], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-3000:]
+    assert result.stdout.count("ok ") == 17
