@@ -12,7 +12,7 @@
 3. faiss add and query rates on those embeddings (tiled to ``--index-vectors`` with small noise):
    Flat, IVF-Flat and NeMo's default IVF-PQ.
 
-    python benchmarks/bench_retro_pipeline.py [--chunks 512] [--repeats 3]
+    python benchmarks/bench_retro_pipeline.py [--chunks 512] [--repeats 3] [--only preprocess]
 """
 import argparse
 import os
@@ -128,6 +128,7 @@ def main():
     parser.add_argument("--corpus-repeat", type=int, default=2, help="demo corpus copies for preprocessing")
     parser.add_argument("--index-vectors", type=int, default=50000)
     parser.add_argument("--queries", type=int, default=2000)
+    parser.add_argument("--only", choices=["preprocess"], help="run only the preprocessing table")
     args = parser.parse_args()
     from tools.make_demo_corpus import write_corpus
     from tools.train_tokenizer import train_tokenizer
@@ -139,6 +140,8 @@ def main():
     vocab, merges = os.path.join(work, "gpt2", "vocab.json"), os.path.join(work, "gpt2", "merges.txt")
     print(f"{os.cpu_count()} CPUs; work dir {work}")
     db = bench_preprocess(work, corpus, vocab, merges, args.repeats, args.workers)
+    if args.only == "preprocess":
+        return
     embeddings = bench_embedding(db, vocab, merges, args.chunks, args.batch, args.repeats, args.workers)
     bench_index(embeddings, args.index_vectors, args.queries)
 
