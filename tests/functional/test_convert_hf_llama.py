@@ -10,7 +10,8 @@ import json
 import pytest
 import torch
 
-from megatron.checkpoint_tools.reshard import SourceCheckpoint, merge_shards, write_checkpoint
+from megatron.checkpoint_tools.reshard import SourceCheckpoint, merge_shards, reshard_checkpoint, write_checkpoint
+from megatron.checkpointing import CheckpointError
 from megatron.core.models import GPTModel
 from megatron.core.transformer import TransformerConfig
 from megatron.text_generation import SamplingParams, generate_tokens
@@ -112,6 +113,12 @@ def test_llama_import_matches_transformers_at_any_layout(tmp_path):
     sharded = merge_shards(SourceCheckpoint(str(tmp_path / "tp2pp2")))
     assert sorted(sharded) == sorted(full) and all(torch.equal(sharded[k], full[k]) for k in full)
     assert "language_model.output_layer.weight" in full and not any("for_head" in k for k in sharded)
+    # The offline resharder (tools/checkpoint_util.py) reads the saved swiglu / query groups the same way.
+    reshard_checkpoint(str(tmp_path / "tp1pp1"), str(tmp_path / "tp2pp1"), 2, 1)
+    resharded = merge_shards(SourceCheckpoint(str(tmp_path / "tp2pp1")))
+    assert all(torch.equal(resharded[k], full[k]) for k in full)
+    with pytest.raises(CheckpointError, match="does not divide num_query_groups 2"):
+        reshard_checkpoint(str(tmp_path / "tp1pp1"), str(tmp_path / "tp4"), 4, 1)
     tokens = _tokens(1, hf_vocab)
     with torch.no_grad():
         torch.testing.assert_close(ours(tokens)[..., :hf_vocab], theirs(tokens).logits, rtol=1e-5, atol=1e-5)
