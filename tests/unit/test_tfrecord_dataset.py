@@ -158,3 +158,14 @@ def test_sample_layout_and_length_check(tmp_path):
     with pytest.raises(tfrecord.TFRecordError, match=r"part-00000: record at byte offset 0: 16 tokens, but "
                                                      r"--seq-length is 32"):
         MLPerfBertTFRecordDataset(files, 3, 32, 1, 1, seed=1, shuffle=False)
+
+
+def test_dataloader_workers_read_what_the_main_process_reads(tmp_path):
+    from megatron.core.datasets.samplers import build_pretraining_data_loader
+
+    files = write_files(tmp_path, [40, 25])
+    ds = MLPerfBertTFRecordDataset(files, 64, SEQ, 4, 1, seed=2, shuffle=True, shuffle_buffer=8)
+    direct = [record_number(ds[i]) for i in range(64)]  # opens descriptors before the workers fork
+    loader = build_pretraining_data_loader(ds, 0, 4, 0, 1, num_workers=2)
+    via_workers = [int(t[0]) - 1000 for batch in loader for t in batch["text"]]
+    assert via_workers == direct

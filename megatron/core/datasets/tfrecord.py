@@ -262,10 +262,12 @@ def read_index(idx_path: str, tfrecord_path: str = None) -> np.ndarray:
     return index
 
 
-def read_record_at(f, offset: int, size: int, path: str, verify_crc: bool = False) -> bytes:
-    """The payload of the record at ``offset`` of the open file ``f``."""
-    f.seek(offset)
-    data = f.read(size)
+def read_record_at(fd: int, offset: int, size: int, path: str, verify_crc: bool = False) -> bytes:
+    """The payload of the record at ``offset`` of the file descriptor ``fd``.
+
+    ``os.pread`` leaves the descriptor's file offset alone, so processes that share a descriptor
+    across ``fork`` (DataLoader workers) cannot move each other's reads."""
+    data = os.pread(fd, size, offset)
     if len(data) != size:
         raise TFRecordError(f"{path}: truncated record at byte offset {offset}")
     length = struct.unpack_from("<Q", data)[0]

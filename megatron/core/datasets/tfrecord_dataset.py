@@ -130,12 +130,13 @@ class MLPerfBertTFRecordDataset(torch.utils.data.Dataset):
 
     def __getstate__(self):
         state = dict(self.__dict__)
-        state["_handles"] = {}  # file handles stay in the process that opened them
+        state["_handles"] = {}  # descriptors stay in the process that opened them
         return state
 
     def __del__(self):
-        for handle in getattr(self, "_handles", {}).values():
-            handle.close()
+        if getattr(self, "_handles_pid", None) == os.getpid():
+            for fd in self._handles.values():
+                os.close(fd)
 
     # -- index arithmetic ---------------------------------------------------------------------
     def rank_and_position(self, index: int):
@@ -162,9 +163,12 @@ class MLPerfBertTFRecordDataset(torch.utils.data.Dataset):
     def _read_record(self, record: int) -> Dict[str, np.ndarray]:
         file_id = int(self.file_of_record[record])
         path = self.files[file_id]
+        if getattr(self, "_handles_pid", None) != os.getpid():
+            # A forked DataLoader worker opens its own descriptors.
+            self._handles, self._handles_pid = {}, os.getpid()
         handle = self._handles.get(file_id)
         if handle is None:
-            handle = self._handles[file_id] = open(path, "rb")
+            handle = self._handles[file_id] = os.open(path, os.O_RDONLY)
         offset, size = (int(v) for v in self.records[record])
         where = f"{path}: record at byte offset {offset}"
         features = decode_example(read_record_at(handle, offset, size, path), where)
