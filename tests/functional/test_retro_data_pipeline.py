@@ -147,3 +147,19 @@ def test_retmmap_preprocess_order_ftfy_and_tokens(demo, tmp_path):
     no_pad = run(*base[:-1], f"--input={corpus}", "--dataset-impl=retmmap", f"--output-prefix={tmp_path}/z",
                  check=False)
     assert no_pad.returncode == 1 and "add --need-pad-id" in no_pad.stderr and "Traceback" not in no_pad.stderr
+
+
+@pytest.mark.slow
+def test_knn_map_by_ranks_under_torchrun(demo):
+    """Without --stage under torchrun: one shard per rank, merged by rank 0, equal to the sharded map."""
+    out = demo / "knn_torchrun.save"
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29631",
+         "tools/retro/build_knn_map_index.py", f"--input_file={demo}/retro_db_text_document",
+         f"--faiss_index={demo}/final.index", *tokenizer_flags(demo), "--remove_duplicate", f"--K_neighbors={K}",
+         f"--dedup_margin={MARGIN}", "--batch_size=64", f"--output_file={out}"],
+        capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 0, result.stderr[-3000:]
+    np.testing.assert_array_equal(np.asarray(KNNMap(str(out)).knn_map),
+                                  np.asarray(KNNMap(str(demo / "knn_final.save")).knn_map))
+    assert not list(demo.glob("knn_torchrun.save.shard*"))
