@@ -69,8 +69,8 @@ def _choose_backend(args) -> str:
 
 def fp16_on_cpu_notice() -> str:
     # CPUs have no fast float16 matrix kernels: measured in benchmarks/RESULTS.md (fp16 on a CPU).
-    return ("notice: --fp16 on a CPU runs several times slower than fp32 (up to about 20x on the demo model: CPUs "
-            "have no fast float16 kernels); on a CPU use --bf16 or fp32 (no precision flag), keep --fp16 for GPUs")
+    return ("notice: --fp16 on a CPU runs several times slower than fp32 (CPUs have no fast float16 matrix "
+            "kernels; see benchmarks/RESULTS.md); on a CPU use --bf16 or fp32 (no precision flag), keep --fp16 for GPUs")
 
 
 def initialize_distributed(args) -> parallel_state.ProcessGroups:
