@@ -35,6 +35,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from megatron.rank_logging import log_rank_0
 from megatron.checkpoint_state import (
     capture_rng_state,
     fix_query_key_value_ordering,
@@ -58,11 +59,6 @@ _ITERATION_DIR = re.compile(r"^iter_\d{7,}$")
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be saved or loaded as asked; the message names the file and the fix."""
-
-
-def _print_rank_0(message: str) -> None:
-    if not dist.is_initialized() or dist.get_rank() == 0:
-        print(message, flush=True)
 
 
 def _barrier() -> None:
@@ -156,7 +152,7 @@ def _picklable_args(args: argparse.Namespace) -> argparse.Namespace:
             continue
         setattr(kept, name, value)
     if dropped:
-        _print_rank_0(f"WARNING: arguments {sorted(dropped)} cannot be pickled and are not saved in the checkpoint")
+        log_rank_0(f"WARNING: arguments {sorted(dropped)} cannot be pickled and are not saved in the checkpoint")
     return kept
 
 
@@ -232,7 +228,7 @@ def save_checkpoint(iteration: int, model_chunks, optimizer, opt_param_scheduler
     pg = pg if pg is not None else parallel_state.get_process_groups()
     chunks = _as_list(model_chunks)
     save_dir = args.save
-    _print_rank_0(f"saving checkpoint at iteration {iteration:7d} to {save_dir}")
+    log_rank_0(f"saving checkpoint at iteration {iteration:7d} to {save_dir}")
 
     # Collectives first, on every rank, before any rank starts writing.
     rng_states = None if getattr(args, "no_save_rng", False) else _gather_over_data_parallel(capture_rng_state(), pg)
@@ -273,7 +269,7 @@ def save_checkpoint(iteration: int, model_chunks, optimizer, opt_param_scheduler
         atomic_write_text(get_checkpoint_tracker_filename(save_dir), f"{iteration}\n")
         fsync_dir(save_dir)
     _barrier()
-    _print_rank_0(f"  successfully saved checkpoint at iteration {iteration:7d} to {save_dir}")
+    log_rank_0(f"  successfully saved checkpoint at iteration {iteration:7d} to {save_dir}")
 
 
 # -- reading ------------------------------------------------------------------------------------
@@ -353,7 +349,7 @@ def saved_arg(saved, name: str):
 def check_checkpoint_args(saved, args, path: str, checkpoint_version: float) -> None:
     """The model shape and layout saved in the checkpoint must equal this run's."""
     if saved is None:
-        _print_rank_0(f"WARNING: {path} holds no arguments; the model shape cannot be checked against it")
+        log_rank_0(f"WARNING: {path} holds no arguments; the model shape cannot be checked against it")
         return
     for name, flag in _CHECKED_ARGS:
         if name == "pipeline_model_parallel_size" and checkpoint_version < 3.0:
@@ -388,7 +384,7 @@ def resolve_iteration_dir(load_dir: str, iteration: int, release: bool) -> str:
         return path
     replaced = path + REPLACED_SUFFIX
     if os.path.isdir(replaced):
-        _print_rank_0(f"WARNING: a save replacing {path} was interrupted; loading the previous copy {replaced}")
+        log_rank_0(f"WARNING: a save replacing {path} was interrupted; loading the previous copy {replaced}")
         return replaced
     raise CheckpointError(f"{get_checkpoint_tracker_filename(load_dir)} points at {path}, which does not exist")
 
@@ -475,12 +471,12 @@ def load_checkpoint(model_chunks, optimizer, opt_param_scheduler, args, load_arg
     pg = parallel_state.get_process_groups()
     tracker = get_checkpoint_tracker_filename(load_dir)
     if not os.path.isfile(tracker):
-        _print_rank_0(f"WARNING: could not find the checkpoint tracker {tracker}; starting from iteration 0")
+        log_rank_0(f"WARNING: could not find the checkpoint tracker {tracker}; starting from iteration 0")
         return 0
     iteration, release = read_tracker(load_dir)
     _check_same_on_all_ranks(iteration, release, tracker)
     model_file = _model_file(resolve_iteration_dir(load_dir, iteration, release), pg)
-    _print_rank_0(f"loading checkpoint from {load_dir} at iteration {'release' if release else iteration}")
+    log_rank_0(f"loading checkpoint from {load_dir} at iteration {'release' if release else iteration}")
     state = load_checkpoint_file(model_file)
 
     checkpoint_version = float(state.get("checkpoint_version", 0))
@@ -516,7 +512,7 @@ def load_checkpoint(model_chunks, optimizer, opt_param_scheduler, args, load_arg
             raise CheckpointError(f"{error}; use --no-load-rng to skip the RNG state") from error
 
     _barrier()
-    _print_rank_0(f"  successfully loaded checkpoint from {load_dir} at iteration {loaded_iteration}")
+    log_rank_0(f"  successfully loaded checkpoint from {load_dir} at iteration {loaded_iteration}")
     return loaded_iteration
 
 

@@ -1,34 +1,14 @@
 """Megatron-style log lines for the training loop: iteration lines, validation lines, TensorBoard.
 
-Losses exist on the last pipeline stage; the line is built there and handed to rank 0, which
-prints it (one object broadcast per logged iteration).
+Losses exist on the last pipeline stage; the line is built and printed there, by the last rank
+(as Megatron-LM does), so logging costs no communication.
 """
 import math
 from typing import Dict, Optional
 
 import torch
-import torch.distributed as dist
 
 from megatron.utils import flops_per_iteration_from_args, throughput
-
-
-def _last_rank() -> int:
-    return dist.get_world_size() - 1 if dist.is_initialized() else 0
-
-
-def _rank() -> int:
-    return dist.get_rank() if dist.is_initialized() else 0
-
-
-def print_on_rank_0(line: Optional[str]) -> None:
-    """``line`` is known on the last rank; every rank must call this (it is a collective)."""
-    last = _last_rank()
-    if last != 0:
-        holder = [line if _rank() == last else None]
-        dist.broadcast_object_list(holder, src=last)
-        line = holder[0]
-    if _rank() == 0 and line is not None:
-        print(line, flush=True)
 
 
 class TrainingLogger:

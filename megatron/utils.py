@@ -1,24 +1,20 @@
 """Training-layer helpers: loss averaging across data-parallel ranks, GPT masks and position ids,
-throughput (Megatron's FLOPs formula), and rank-0 printing."""
+throughput (Megatron's FLOPs formula), and Megatron's names for rank-filtered messages."""
 from typing import Dict, Iterable, List, Optional, Tuple
 
 import torch
 import torch.distributed as dist
 
+from megatron.rank_logging import log_rank_0, log_rank_last
 
-def print_rank_0(message: str) -> None:
-    if not dist.is_initialized() or dist.get_rank() == 0:
-        print(message, flush=True)
+
+# Megatron's names for the two rank-filtered messages; both go through the ``megatron`` logger.
+print_rank_0 = log_rank_0
+print_rank_last = log_rank_last
 
 
 def is_last_rank() -> bool:
     return not dist.is_initialized() or dist.get_rank() == dist.get_world_size() - 1
-
-
-def print_rank_last(message: str) -> None:
-    """Losses live on the last pipeline stage, so iteration lines are printed by the last rank."""
-    if is_last_rank():
-        print(message, flush=True)
 
 
 def average_losses_across_data_parallel_group(losses: List[torch.Tensor], group=None) -> torch.Tensor:

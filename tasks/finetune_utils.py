@@ -21,7 +21,7 @@ from megatron.core.tensor_parallel import init_rng_scope
 from megatron.core.transformer import AttnMaskType, ModelType
 from megatron.global_vars import get_args
 from megatron.initialize import get_device
-from megatron.utils import print_rank_0
+from megatron.utils import print_rank_0, print_rank_last
 
 Sample = Dict[str, np.ndarray]
 
@@ -227,7 +227,6 @@ def finetune(task: str, train_samples: List[Sample], valid_sets: Dict[str, List[
     from megatron.global_vars import get_timers
     from megatron.model_setup import get_model, setup_model_and_optimizer
     from megatron.training import TrainingContext, train_step
-    from megatron.training_log import print_on_rank_0
 
     args = get_args()
     pg = parallel_state.get_process_groups()
@@ -284,10 +283,10 @@ def finetune(task: str, train_samples: List[Sample], valid_sets: Dict[str, List[
             iteration += 1
             args.consumed_train_samples += args.global_batch_size
             if iteration % args.log_interval == 0:
-                # The loss is known on the last pipeline stage; rank 0 prints it.
-                print_on_rank_0(f" iteration {iteration:8d}/{args.train_iters:8d} | epoch {epoch + 1} | "
-                                f"classification loss: {losses['classification loss']:.6E} |"
-                                if last_stage else None)
+                # The loss is known on the last pipeline stage; the last rank prints it.
+                if last_stage:
+                    print_rank_last(f" iteration {iteration:8d}/{args.train_iters:8d} | epoch {epoch + 1} | "
+                                    f"classification loss: {losses['classification loss']:.6E} |")
         accuracy = report(epoch + 1, model)
         if args.save and accuracy > best:
             # Only an improvement is written, so the tracker always names the best epoch so far.

@@ -16,6 +16,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from megatron.rank_logging import log_rank_0
+
 EmbedFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """``embed(tokens [b, s], pad_mask [b, s]) -> [b, d]``."""
 
@@ -29,11 +31,6 @@ def format_eta(seconds: float) -> str:
     seconds = max(0, int(round(seconds)))
     hours, rest = divmod(seconds, 3600)
     return f"{hours}:{rest // 60:02d}:{rest % 60:02d}"
-
-
-def _print_once(message: str, rank: int) -> None:
-    if rank == 0:
-        print(message, flush=True)
 
 
 class IndexBuilder:
@@ -104,7 +101,7 @@ class IndexBuilder:
         from megatron.retrieval.block_store import BlockData
 
         if self.fp16 and self.device.type != "cuda":
-            _print_once("> --fp16 on a CPU: embedding in float32, storing float16", self.global_rank)
+            log_rank_0("> --fp16 on a CPU: embedding in float32, storing float16")
         loader, num_mine = self._loader()
         num_batches = (num_mine + self.batch_size - 1) // self.batch_size
         shard = BlockData()

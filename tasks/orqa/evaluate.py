@@ -20,12 +20,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from megatron.utils import print_rank_0
+
 TASK_NAMES = ("RETRIEVER-EVAL", "ICT-ZEROSHOT-NQ")
-
-
-def _print_rank_0(message: str) -> None:
-    if not dist.is_initialized() or dist.get_rank() == 0:
-        print(message, flush=True)
 
 
 def clamp_topk(report_ks: Sequence[int], top_k_retrievals: int, corpus_size: int) -> Tuple[int, Dict[int, int]]:
@@ -164,12 +161,12 @@ def ensure_block_store(args, pg, corpus) -> None:
         dist.broadcast_object_list(decision, src=0)
     reuse, reason = decision[0]
     if reuse:
-        _print_rank_0(f"> reusing the block store at {args.block_data_path} ({len(corpus)} blocks, embedded by "
+        print_rank_0(f"> reusing the block store at {args.block_data_path} ({len(corpus)} blocks, embedded by "
                       f"this checkpoint from this corpus)")
         return
     if reason:
-        _print_rank_0(f"> rebuilding the block store: {reason}")
-    _print_rank_0(f"> embedding {len(corpus)} blocks into {args.block_data_path}")
+        print_rank_0(f"> rebuilding the block store: {reason}")
+    print_rank_0(f"> embedding {len(corpus)} blocks into {args.block_data_path}")
     IndexBuilder.from_args(args, pg, corpus).build_and_save_index()
     if pg.rank == 0:
         atomic_write_text(_provenance_path(args.block_data_path), json.dumps(provenance, indent=2) + "\n")

@@ -194,7 +194,7 @@ def test_killed_rank_ends_the_job_with_a_clear_message(data):
         processes.append(subprocess.Popen([sys.executable, os.path.join(REPO, "pretrain_gpt.py"), *args], cwd=REPO,
                                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
     try:
-        _wait_for_line(processes[0], " iteration        2/")  # rank 0 prints the iteration lines
+        _wait_for_line(processes[1], " iteration        2/")  # the last rank prints the iteration lines
         processes[1].kill()
         start = time.time()
         _, stderr = processes[0].communicate(timeout=120)
@@ -221,7 +221,7 @@ def test_stalled_rank_ends_the_job_within_the_distributed_timeout(data):
         processes.append(subprocess.Popen([sys.executable, os.path.join(REPO, "pretrain_gpt.py"), *args], cwd=REPO,
                                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
     try:
-        _wait_for_line(processes[0], " iteration        2/")
+        _wait_for_line(processes[1], " iteration        2/")  # the last rank prints the iteration lines
         processes[1].send_signal(signal.SIGSTOP)
         start = time.time()
         _, stderr = processes[0].communicate(timeout=15 + 60)
