@@ -15,6 +15,7 @@ from typing import Optional, Set
 import torch
 
 from megatron.argument_groups import build_parser
+from megatron.core import layer_layout
 from megatron.tokenizer.build import vocab_size_with_padding
 
 
@@ -196,42 +197,29 @@ def _validate_layout(args) -> None:
                          f"--pipeline-model-parallel-size {pp}")
     args.data_parallel_size = world // (tp * pp)
     split = args.pipeline_model_parallel_split_rank
-    if split is not None and not 0 < split < pp:
-        raise ValueError(f"--pipeline-model-parallel-split-rank {split} must lie in [1, "
-                         f"--pipeline-model-parallel-size {pp} - 1]")
     layers = args.num_layers
     args.virtual_pipeline_model_parallel_size = None
     per_virtual = args.num_layers_per_virtual_pipeline_stage
     if per_virtual is not None:
-        if pp <= 2:
-            raise ValueError(f"--num-layers-per-virtual-pipeline-stage needs --pipeline-model-parallel-size > 2, "
-                             f"got {pp}")
-        if split is not None:
-            raise ValueError("--num-layers-per-virtual-pipeline-stage cannot be combined with "
-                             "--pipeline-model-parallel-split-rank (the interleaved schedule has no encoder-decoder)")
         _positive(args, "num_layers_per_virtual_pipeline_stage")
-        if layers % pp != 0:
-            raise ValueError(f"--num-layers {layers} is not divisible by --pipeline-model-parallel-size {pp}")
-        if (layers // pp) % per_virtual != 0:
-            raise ValueError(f"{layers // pp} layers per pipeline stage (--num-layers {layers} / "
-                             f"--pipeline-model-parallel-size {pp}) are not divisible by "
+        if layers % pp != 0 or (layers // pp) % per_virtual != 0:
+            raise ValueError(f"--num-layers {layers} is not divisible by --pipeline-model-parallel-size {pp} x "
                              f"--num-layers-per-virtual-pipeline-stage {per_virtual}")
         args.virtual_pipeline_model_parallel_size = layers // pp // per_virtual
-    elif split is not None:
-        for stages, what in ((split, "encoder stages (--pipeline-model-parallel-split-rank)"),
-                             (pp - split, "decoder stages (--pipeline-model-parallel-size - split rank)")):
-            if layers % stages != 0:
-                raise ValueError(f"--num-layers {layers} is not divisible by the {stages} {what}")
-    elif layers % pp != 0:
-        raise ValueError(f"--num-layers {layers} is not divisible by --pipeline-model-parallel-size {pp}")
+    # The rules themselves live in megatron.core.layer_layout, shared with the model and the tools.
+    layer_layout.check_layer_layout(layers, pp, args.virtual_pipeline_model_parallel_size, split, _LAYOUT_FLAGS)
 
 
-def layers_per_pipeline_stage(args) -> int:
-    """Layers of one (encoder or decoder) stack on one pipeline stage, all its model chunks together."""
-    pp, split = args.pipeline_model_parallel_size, args.pipeline_model_parallel_split_rank
-    if split is not None:
-        return args.num_layers // min(split, pp - split)
-    return args.num_layers // pp
+_LAYOUT_FLAGS = {"num_layers": "--num-layers", "pp": "--pipeline-model-parallel-size",
+                 "virtual": "--num-layers-per-virtual-pipeline-stage", "split": "--pipeline-model-parallel-split-rank",
+                 "recompute_num_layers": "--recompute-num-layers", "recompute_method": "--recompute-method"}
+
+
+def fewest_layers_per_model_chunk(args) -> int:
+    """Layers of the smallest model chunk of the layout (encoder or decoder side)."""
+    return layer_layout.fewest_layers_per_model_chunk(args.num_layers, args.pipeline_model_parallel_size,
+                                                      args.virtual_pipeline_model_parallel_size,
+                                                      args.pipeline_model_parallel_split_rank)
 
 
 def _validate_model(args) -> None:
@@ -343,12 +331,8 @@ def _validate_recompute(args) -> None:
         if args.recompute_num_layers is None:
             args.recompute_num_layers = 1
         _positive(args, "recompute_num_layers")
-        per_stage = layers_per_pipeline_stage(args)
-        if args.virtual_pipeline_model_parallel_size is not None:
-            per_stage = args.num_layers_per_virtual_pipeline_stage
-        if method == "block" and args.recompute_num_layers > per_stage:
-            raise ValueError(f"--recompute-num-layers {args.recompute_num_layers} exceeds the {per_stage} layers "
-                             "of a pipeline stage (--recompute-method block)")
+        layer_layout.check_recompute_layers(method, args.recompute_num_layers, fewest_layers_per_model_chunk(args),
+                                            _LAYOUT_FLAGS)
     else:
         if method is not None:
             raise ValueError(f"--recompute-method {method} needs --recompute-granularity full")

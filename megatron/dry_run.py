@@ -1,10 +1,10 @@
 """``--dry-run``: check a layout for ``--world-size`` ranks and print what each rank would hold.
 
 Nothing is allocated and no process is started, so a 1,024-rank layout can be checked on a
-laptop. Parameter counts are exact for the models in ``megatron/core/models`` (padded vocab,
-learned position embeddings, BERT's token types and heads, the copy of the tied word embedding
-on the last pipeline stage or GPT's untied output layer; grouped-query attention, SwiGLU, RMSNorm
-and bias-free linears). Memory is an estimate:
+laptop. Parameters are counted on the models themselves: tensor-parallel rank 0 of every stage
+(and model chunk) is built on the ``meta`` device, as the pretraining scripts build it, so the
+counts are exact by construction (padded vocab, position embeddings, heads, the copy of the tied
+word embedding on the last stage, GQA, SwiGLU, RMSNorm, bias-free linears). Memory is an estimate:
 
 - weights and gradients: parameters of the rank x bytes of their dtype (gradients in fp32 with
   ``--accumulate-allreduce-grads-in-fp32``, forced by ``--bf16``);
@@ -22,6 +22,8 @@ and bias-free linears). Memory is an estimate:
 """
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
+
+from megatron.core import layer_layout
 
 GiB = 2 ** 30
 MODEL_NAMES = ("gpt", "bert", "t5")
@@ -58,38 +60,10 @@ class Stage:
 
 
 def _widths(args) -> Tuple[int, int, int, int]:
-    """(hidden h, query channels p, key/value channels g, MLP width f)."""
+    """(hidden h, query channels p, key/value channels g, MLP width f) for the activation estimate."""
     p = args.kv_channels * args.num_attention_heads
     g = args.kv_channels * (getattr(args, "num_query_groups", None) or args.num_attention_heads)
     return args.hidden_size, p, g, args.ffn_hidden_size
-
-
-def _layer_params(args, decoder: bool) -> Params:
-    """One transformer layer: fused QKV and MLP-in are column-parallel (weight and bias split), the
-    output projections row-parallel (weight split, bias whole), norms whole (RMSNorm has no bias)."""
-    h, p, g, f = _widths(args)
-    bias = getattr(args, "add_bias_linear", True)
-    gated = 2 if getattr(args, "swiglu", False) else 1
-    norm = _norm_params(args)
-    params = Params(split=h * (p + 2 * g) + p * h + h * gated * f + f * h, replicated=2 * norm)
-    if bias:
-        params += Params(split=p + 2 * g + gated * f, replicated=2 * h)
-    if decoder:
-        params += Params(split=h * p + h * 2 * p + p * h, replicated=norm)
-        if bias:
-            params += Params(split=3 * p, replicated=h)
-    return params
-
-
-def _norm_params(args) -> int:
-    return args.hidden_size * (1 if getattr(args, "normalization", "LayerNorm") == "RMSNorm" else 2)
-
-
-def _embedding(args, h: int, vocab: int, tokentypes: int) -> Params:
-    replicated = tokentypes * h
-    if args.position_embedding_type == "learned_absolute":
-        replicated += args.max_position_embeddings * h
-    return Params(split=vocab * h, replicated=replicated)
 
 
 def model_name_from(model_type, model_name: Optional[str] = None) -> str:
@@ -114,66 +88,92 @@ def model_name_from(model_type, model_name: Optional[str] = None) -> str:
     return name
 
 
-def stage_parameters(args, model_name: str, pipeline_size: Optional[int] = None) -> List[Stage]:
-    """Parameters of every pipeline stage (all its model chunks and all its TP ranks together)."""
-    pp = pipeline_size if pipeline_size is not None else args.pipeline_model_parallel_size
-    split = args.pipeline_model_parallel_split_rank if pipeline_size is None else None
-    h, vocab = args.hidden_size, args.padded_vocab_size
-    final_norm = Params(replicated=_norm_params(args))
-    encoder_layer, decoder_layer = _layer_params(args, False), _layer_params(args, True)
-    stages = []
-    if model_name == "t5":
-        if pp > 1 and split is None:
-            raise ValueError(f"T5 with --pipeline-model-parallel-size {pp} needs --pipeline-model-parallel-split-rank")
-        embedding = _embedding(args, h, vocab, 0)
-        head = Params(split=vocab)  # lm_head.bias; the weight is the word embedding
-        if pp == 1:
-            params = embedding + encoder_layer * args.num_layers + decoder_layer * args.num_layers + final_norm * 2
-            return [Stage(0, {"encoder": args.num_layers, "decoder": args.num_layers}, params + head)]
-        enc_per, dec_per = args.num_layers // split, args.num_layers // (pp - split)
-        for index in range(pp):
-            tied = 0
-            if index < split:
-                layers, params = {"encoder": enc_per}, encoder_layer * enc_per
-                if index == 0:
-                    params += embedding
-                if index == split - 1:
-                    params += final_norm
-            else:
-                layers, params = {"decoder": dec_per}, decoder_layer * dec_per
-                if index == split:
-                    params += embedding
-                    tied += embedding.total()
-                if index == pp - 1:
-                    params += final_norm + head
-                    if index != split:
-                        params += Params(split=vocab * h)
-                        tied += vocab * h
-            stages.append(Stage(index, layers, params, tied))
-        return stages
+def _fake_groups(tp: int, pp: int, pp_rank: int, virtual: Optional[int], virtual_rank: Optional[int],
+                 split: Optional[int]):
+    """Tensor-parallel rank 0 of stage ``pp_rank`` of a layout, without torch.distributed: enough to
+    build that rank's model, which validates the layout before any communication."""
+    from megatron.core.parallel_state import ProcessGroups
 
-    per_stage = args.num_layers // pp
-    bert = model_name == "bert"
-    binary_head = bert and getattr(args, "bert_binary_head", True)
-    embedding = _embedding(args, h, vocab, 2 if binary_head else 0)
-    head = Params()
-    if bert:
-        # lm_head: vocab-parallel bias, dense, LayerNorm; pooler and binary head with the NSP task.
-        head = Params(split=vocab, replicated=h * h + h + 2 * h)
-        if binary_head:
-            head += Params(replicated=h * h + h + 2 * h + 2)
+    return ProcessGroups(
+        rank=pp_rank * tp, world_size=tp * pp, tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,
+        virtual_pipeline_model_parallel_size=virtual, virtual_pipeline_model_parallel_rank=virtual_rank,
+        pipeline_model_parallel_split_rank=split, tp_ranks=[pp_rank * tp + i for i in range(tp)],
+        pp_ranks=[j * tp for j in range(pp)], dp_ranks=[pp_rank * tp],
+        embd_ranks=sorted({0, (pp - 1) * tp} | ({split * tp} if split else set())))
+
+
+def _build_on_meta(args, model_name: str, pg, pre_process: bool, post_process: bool, add_encoder: bool = True,
+                   add_decoder: bool = True):
+    """This rank's model as the pretraining scripts build it, on the ``meta`` device (no memory)."""
+    import torch
+
+    from megatron.arguments import core_transformer_config_from_args
+    from megatron.core.models import BertModel, GPTModel, T5Model
+
+    config = core_transformer_config_from_args(args)
+    vocab, positions = args.padded_vocab_size, args.max_position_embeddings
+    with torch.device("meta"):
+        if model_name == "gpt":
+            return GPTModel(config, vocab, positions, pre_process=pre_process, post_process=post_process, pg=pg)
+        if model_name == "bert":
+            binary_head = getattr(args, "bert_binary_head", True)
+            return BertModel(config, vocab, positions, num_tokentypes=2 if binary_head else 0,
+                             add_binary_head=binary_head, pre_process=pre_process, post_process=post_process, pg=pg)
+        return T5Model(config, vocab, positions, pre_process=pre_process, post_process=post_process,
+                       add_encoder=add_encoder, add_decoder=add_decoder, pg=pg)
+
+
+def _count(model, tp: int, tied_embedding: bool = False) -> Tuple[Params, int]:
+    """(parameters of all ``tp`` ranks, of which copies of another stage's): tensor-parallel
+    parameters are ``tp`` times this rank's."""
+    params, tied = Params(), 0
+    for name, param in model.named_parameters():
+        whole = param.numel() * (tp if getattr(param, "tensor_model_parallel", False) else 1)
+        if getattr(param, "tensor_model_parallel", False):
+            params += Params(split=whole)
+        else:
+            params += Params(replicated=whole)
+        if name.startswith("word_embeddings_for_head.") or (tied_embedding and ".embedding." in f".{name}"):
+            tied += whole
+    return params, tied
+
+
+def stage_parameters(args, model_name: str, pipeline_size: Optional[int] = None) -> List[Stage]:
+    """Parameters of every pipeline stage (all its model chunks and all its TP ranks together),
+    counted on the models themselves, built on the ``meta`` device; layers placed by
+    ``megatron.core.layer_layout``."""
+    whole = pipeline_size is not None
+    pp = pipeline_size if whole else args.pipeline_model_parallel_size
+    tp = 1 if whole else args.tensor_model_parallel_size
+    split = None if whole else args.pipeline_model_parallel_split_rank
+    virtual = None if whole else args.virtual_pipeline_model_parallel_size
+    if model_name == "t5" and pp > 1 and split is None:
+        raise ValueError(f"T5 with --pipeline-model-parallel-size {pp} needs --pipeline-model-parallel-split-rank")
+    stages = []
     for index in range(pp):
-        params, tied = encoder_layer * per_stage, 0
-        if index == 0:
-            params += embedding
-        if index == pp - 1:
-            params += final_norm + head
-            if not bert and getattr(args, "untie_embeddings_and_output_weights", False):
-                params += Params(split=vocab * h)  # GPT's own output layer, on the last stage at any pp
-            elif pp > 1:
-                params += Params(split=vocab * h)
-                tied = vocab * h
-        stages.append(Stage(index, {"layers": per_stage}, params, tied))
+        params, tied, layers = Params(), 0, {}
+        if model_name == "t5":
+            encoder, decoder = pp == 1 or index < split, pp == 1 or index >= split
+            model = _build_on_meta(args, model_name, _fake_groups(tp, pp, index, None, None, split),
+                                   pre_process=pp == 1 or index in (0, split),
+                                   post_process=pp == 1 or index in (split - 1, pp - 1),
+                                   add_encoder=encoder, add_decoder=decoder)
+            params, tied = _count(model, tp, tied_embedding=pp > 1 and index == split)
+            for stack, present in ((layer_layout.ENCODER, encoder), (layer_layout.DECODER, decoder)):
+                if present:
+                    layers[stack] = layer_layout.stage_layer_range(args.num_layers, pp, index, None, None, split,
+                                                                   stack)[0]
+        else:
+            count = 0
+            for chunk in range(virtual or 1):
+                pg = _fake_groups(tp, pp, index, virtual, chunk if virtual else None, None)
+                model = _build_on_meta(args, model_name, pg, pg.is_pipeline_first_stage(),
+                                       pg.is_pipeline_last_stage())
+                chunk_params, chunk_tied = _count(model, tp)
+                params, tied = params + chunk_params, tied + chunk_tied
+                count += layer_layout.stage_layer_range(args.num_layers, pp, index, virtual, chunk)[0]
+            layers = {"layers": count}
+        stages.append(Stage(index, layers, params, tied))
     return stages
 
 

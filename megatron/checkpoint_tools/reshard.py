@@ -55,6 +55,7 @@ from megatron.checkpointing import (
     resolve_iteration_dir,
     saved_arg,
 )
+from megatron.core import layer_layout
 from megatron.core.fileio import atomic_open, atomic_write_text
 
 Shards = Dict[Tuple[int, int], Dict[str, torch.Tensor]]  # (tp_rank, pp_rank) -> flat state dict
@@ -225,10 +226,12 @@ class SourceCheckpoint:
         return chunks
 
 
-def _chunk_layer_offsets(num_layers: int, pp: int, pp_rank: int, num_chunks: int) -> List[int]:
-    """The global index of the first layer of each (virtual) chunk on stage ``pp_rank``."""
-    per_chunk = num_layers // (pp * num_chunks)
-    return [c * num_layers // num_chunks + pp_rank * per_chunk for c in range(num_chunks)]
+def _stack(name: str) -> str:
+    return layer_layout.DECODER if ".decoder." in name else layer_layout.ENCODER
+
+
+def _layout_error(where: str, error: ValueError) -> CheckpointError:
+    return CheckpointError(f"{where}: {error}")
 
 
 def _is_encoder_decoder(keys) -> bool:
@@ -246,14 +249,11 @@ def saved_split_rank(args, pp: int, encoder_decoder: bool, where: str) -> Option
     return split
 
 
-def _stage_layer_offset(name: str, num_layers: int, pp: int, pp_rank: int, chunk_offset: int,
+def _stage_layer_offset(name: str, num_layers: int, pp: int, pp_rank: int, num_chunks: int, chunk: int,
                         split: Optional[int]) -> int:
-    """The global index of local layer 0 of ``name``'s stack on stage ``pp_rank``."""
-    if split is None:
-        return chunk_offset
-    if ".encoder." in name:
-        return pp_rank * (num_layers // split)
-    return (pp_rank - split) * (num_layers // (pp - split))
+    """The global index of local layer 0 of ``name``'s stack on stage ``pp_rank``, model chunk ``chunk``."""
+    virtual = num_chunks if num_chunks > 1 else None
+    return layer_layout.stage_layer_range(num_layers, pp, pp_rank, virtual, chunk, split, _stack(name))[1]
 
 
 def merge_shards(source: SourceCheckpoint) -> Dict[str, torch.Tensor]:
@@ -265,8 +265,7 @@ def merge_shards(source: SourceCheckpoint) -> Dict[str, torch.Tensor]:
     full: Dict[str, torch.Tensor] = {}
     for pp_rank in range(source.pp):
         per_tp = [source.shards[(tp_rank, pp_rank)] for tp_rank in range(source.tp)]
-        offsets = _chunk_layer_offsets(args.num_layers, source.pp, pp_rank, len(per_tp[0]))
-        for chunk_index, offset in enumerate(offsets):
+        for chunk_index in range(len(per_tp[0])):
             chunk_shards = [chunks[chunk_index] for chunks in per_tp]
             for name, tensor in chunk_shards[0].items():
                 if not isinstance(tensor, torch.Tensor):
@@ -275,7 +274,11 @@ def merge_shards(source: SourceCheckpoint) -> Dict[str, torch.Tensor]:
                     continue  # the last stage's copy of the (tied) word embeddings; the first stage's is kept
                 layer = _LAYER.match(name)
                 if layer is not None:
-                    offset_here = _stage_layer_offset(name, args.num_layers, source.pp, pp_rank, offset, split)
+                    try:
+                        offset_here = _stage_layer_offset(name, args.num_layers, source.pp, pp_rank,
+                                                          len(per_tp[0]), chunk_index, split)
+                    except ValueError as error:
+                        raise _layout_error(source.load_dir, error) from None
                     name_out = f"{layer.group(1)}.{int(layer.group(2)) + offset_here}.{layer.group(3)}"
                 else:
                     name_out = name
@@ -334,12 +337,12 @@ def _repad(tensor: torch.Tensor, rows: int) -> torch.Tensor:
 
 
 # -- splitting ----------------------------------------------------------------------------------
-def _stage_of(name: str, layers_per_stage: int, pp: int) -> Tuple[int, str]:
+def _stage_of(name: str, num_layers: int, pp: int) -> Tuple[int, str]:
     """(pipeline stage, local name) for a full-dict parameter name."""
     layer = _LAYER.match(name)
     if layer is not None:
-        index = int(layer.group(2))
-        return index // layers_per_stage, f"{layer.group(1)}.{index % layers_per_stage}.{layer.group(3)}"
+        stage, _, local = layer_layout.layer_position(int(layer.group(2)), num_layers, pp)
+        return stage, f"{layer.group(1)}.{local}.{layer.group(3)}"
     if name.startswith("language_model.embedding."):
         return 0, name
     return pp - 1, name  # final layer norm, pooler and heads
@@ -351,10 +354,8 @@ def _encoder_decoder_stages(name: str, num_layers: int, pp: int, split: Optional
         return [(0, name)]
     layer = _LAYER.match(name)
     if layer is not None:
-        first, stages = (0, split) if ".encoder." in name else (split, pp - split)
-        per_stage = num_layers // stages
-        index = int(layer.group(2))
-        return [(first + index // per_stage, f"{layer.group(1)}.{index % per_stage}.{layer.group(3)}")]
+        stage, _, local = layer_layout.layer_position(int(layer.group(2)), num_layers, pp, None, split, _stack(name))
+        return [(stage, f"{layer.group(1)}.{local}.{layer.group(3)}")]
     if name.startswith("language_model.embedding."):
         return [(0, name), (split, name)]  # both sides embed their own tokens
     if name.startswith("language_model.encoder."):
@@ -373,13 +374,14 @@ def check_split_rank(full, num_layers: int, pp: int, split_rank: Optional[int]) 
         return None
     if split_rank is None:
         split_rank = pp // 2
-    if not 0 < split_rank < pp:
-        raise CheckpointError(f"pipeline split rank {split_rank} must lie in [1, target pipeline size {pp} - 1]")
-    for stages, what in ((split_rank, "encoder stages (split rank)"), (pp - split_rank, "decoder stages")):
-        if num_layers % stages != 0:
-            raise CheckpointError(f"num_layers {num_layers} is not divisible by the {stages} {what} of "
-                                  f"target pipeline size {pp} split at {split_rank}")
+    try:
+        layer_layout.check_layer_layout(num_layers, pp, None, split_rank, _TARGET_NAMES)
+    except ValueError as error:
+        raise CheckpointError(str(error)) from None
     return split_rank
+
+
+_TARGET_NAMES = {"pp": "target pipeline size", "split": "pipeline split rank"}
 
 
 def split_full(full: Dict[str, torch.Tensor], num_layers: int, tp: int, pp: int,
@@ -391,10 +393,12 @@ def split_full(full: Dict[str, torch.Tensor], num_layers: int, tp: int, pp: int,
     """
     encoder_decoder = _is_encoder_decoder(full)
     split = check_split_rank(full, num_layers, pp, split_rank)
-    if not encoder_decoder and num_layers % pp != 0:
-        raise CheckpointError(f"--target-pipeline-parallel-size {pp} does not divide num_layers {num_layers}")
+    if not encoder_decoder:
+        try:
+            layer_layout.check_layer_layout(num_layers, pp, names={"pp": "--target-pipeline-parallel-size"})
+        except ValueError as error:
+            raise CheckpointError(str(error)) from None
     shards: Shards = {(t, p): {} for t in range(tp) for p in range(pp)}
-    layers_per_stage = num_layers // pp
     items = dict(full)
     # The last stage keeps a copy of the tied word embeddings unless it embeds tokens itself (or
     # the model has an untied output layer of its own).
@@ -406,7 +410,7 @@ def split_full(full: Dict[str, torch.Tensor], num_layers: int, tp: int, pp: int,
         elif encoder_decoder:
             placements = _encoder_decoder_stages(name, num_layers, pp, split)
         else:
-            placements = [_stage_of(name, layers_per_stage, pp)]
+            placements = [_stage_of(name, num_layers, pp)]
         for stage, local in placements:
             if local.endswith(_VOCAB_PARALLEL):
                 tensor = _repad(tensor, padded_vocab_size)

@@ -20,6 +20,8 @@ from typing import List, Optional
 
 import torch.distributed as dist
 
+from megatron.core.layer_layout import check_pipeline_layout
+
 
 @dataclass
 class ProcessGroups:
@@ -184,19 +186,7 @@ def validate_layout(world_size: int, tensor_model_parallel_size: int, pipeline_m
             f"world size {world_size} is not divisible by tensor_model_parallel_size {tp} "
             f"x pipeline_model_parallel_size {pp}"
         )
-    if virtual_pipeline_model_parallel_size is not None:
-        if pp < 2:
-            raise ValueError(
-                f"virtual_pipeline_model_parallel_size {virtual_pipeline_model_parallel_size} needs "
-                f"pipeline_model_parallel_size >= 2, got {pp}"
-            )
-        if virtual_pipeline_model_parallel_size < 1:
-            raise ValueError(f"virtual_pipeline_model_parallel_size must be >= 1, got {virtual_pipeline_model_parallel_size}")
-    if pipeline_model_parallel_split_rank is not None and not 0 < pipeline_model_parallel_split_rank < pp:
-        raise ValueError(
-            f"pipeline_model_parallel_split_rank {pipeline_model_parallel_split_rank} must lie in "
-            f"[1, pipeline_model_parallel_size {pp} - 1]"
-        )
+    check_pipeline_layout(pp, virtual_pipeline_model_parallel_size, pipeline_model_parallel_split_rank)
     return world_size // (tp * pp)
 
 

@@ -185,11 +185,11 @@ BAD = [
     ("--ffn-hidden-size 30 --tensor-model-parallel-size 4", 4,
      "--ffn-hidden-size 30 is not divisible by --tensor-model-parallel-size 4"),
     ("--pipeline-model-parallel-size 3", 3, "--num-layers 4 is not divisible by --pipeline-model-parallel-size 3"),
-    ("--pipeline-model-parallel-size 2 --num-layers-per-virtual-pipeline-stage 1", 2,
-     "--num-layers-per-virtual-pipeline-stage needs --pipeline-model-parallel-size > 2, got 2"),
+    ("--num-layers-per-virtual-pipeline-stage 1", 1,
+     "--num-layers-per-virtual-pipeline-stage (the interleaved schedule) needs --pipeline-model-parallel-size >= 2, "
+     "got 1"),
     ("--num-layers 8 --pipeline-model-parallel-size 4 --num-layers-per-virtual-pipeline-stage 3", 4,
-     "2 layers per pipeline stage (--num-layers 8 / --pipeline-model-parallel-size 4) are not divisible by "
-     "--num-layers-per-virtual-pipeline-stage 3"),
+     "--num-layers 8 is not divisible by --pipeline-model-parallel-size 4 x --num-layers-per-virtual-pipeline-stage 3"),
     ("--num-layers 8 --pipeline-model-parallel-size 4 --num-layers-per-virtual-pipeline-stage 1 "
      "--global-batch-size 12 --micro-batch-size 2", 4,
      "6 micro-batches per iteration is not divisible by --pipeline-model-parallel-size 4 (the interleaved schedule"),

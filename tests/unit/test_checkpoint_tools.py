@@ -119,7 +119,7 @@ def test_old_qkv_ordering_is_fixed_on_read(tmp_path):
 
 
 def test_impossible_targets_are_refused(tmp_path):
-    with pytest.raises(CheckpointError, match="--target-pipeline-parallel-size 3 does not divide num_layers 4"):
+    with pytest.raises(CheckpointError, match="num_layers 4 is not divisible by --target-pipeline-parallel-size 3"):
         split_full(full_gpt(), LAYERS, 1, 3, VOCAB)
     with pytest.raises(CheckpointError, match="must differ from --load-dir"):
         reshard_checkpoint(str(tmp_path), str(tmp_path), 1, 1)

@@ -29,6 +29,8 @@ from megatron.core.optimizer.optimizer import MegatronOptimizer, build_torch_opt
 from megatron.core.tensor_parallel.mappings import all_reduce, gather_to_first
 
 FORMAT = "megatron-lite distributed optimizer, unsharded, v1"
+# Elements per rank in one gather of a checkpoint save: bounds what a save adds to any rank's memory.
+GATHER_ELEMENTS = 4_000_000
 _STATE_KEYS = {"adam": ("exp_avg", "exp_avg_sq"), "sgd": ("momentum_buffer",)}
 
 
@@ -107,34 +109,49 @@ class DistributedOptimizer(MegatronOptimizer):
     # -- checkpointing ---------------------------------------------------------------------------
     def _gather_full(self, pieces) -> Optional[List[torch.Tensor]]:
         """Full fp32 tensors, in parameter order, on data-parallel rank 0 (None on the others);
-        ``pieces(shard)`` gives this rank's slice. Every bucket is gathered separately, so no rank
-        builds a full-size buffer it does not keep."""
+        ``pieces(shard)`` gives this rank's slice. Each bucket is gathered on its own, in pieces of
+        at most ``GATHER_ELEMENTS`` per rank, straight into a flat tensor laid out like the grad
+        buffer, of which the returned tensors are views: rank 0 holds little beyond the result, the
+        other ranks one piece at a time."""
         first = self.pg.dp_rank == 0
+        dp = self.pg.data_parallel_size
         index = {p: i for i, p in enumerate(self.model_params)}
-        full = [torch.zeros(p.shape, dtype=torch.float32, device=p.device) for p in self.model_params] \
-            if first else None
+        full: List[Optional[torch.Tensor]] = [None] * len(self.model_params)
         shards_of: Dict[int, List[_Shard]] = {}
         for shard in self.shards:
             shards_of.setdefault(id(shard.bucket), []).append(shard)
         for ddp in self.ddps:
             for buffer in ddp.buffers:
+                flat = torch.zeros(buffer.numel, dtype=torch.float32, device=buffer.data.device) if first else None
                 for bucket in buffer.buckets:
-                    # Same buckets in the same order on every data-parallel rank: the gathers pair up.
+                    # Same buckets and pieces in the same order on every data-parallel rank: the gathers pair up.
                     lo, hi = bucket.shard_range()
-                    local = torch.zeros(hi - lo, dtype=torch.float32, device=bucket.data.device)
-                    for shard in shards_of.get(id(bucket), ()):
-                        value = pieces(shard)
-                        if value is not None:
-                            begin = buffer.param_ranges[shard.param][0] + shard.start - lo
-                            local[begin:begin + shard.end - shard.start].copy_(value)
-                    gathered = gather_to_first(local, self.pg.dp)  # [dp x shard]: the whole bucket
-                    if not first:
-                        continue
-                    for param in bucket.params:
+                    values = [(buffer.param_ranges[s.param][0] + s.start - lo, pieces(s))
+                              for s in shards_of.get(id(bucket), ())]
+                    for begin in range(0, hi - lo, GATHER_ELEMENTS):
+                        end = min(begin + GATHER_ELEMENTS, hi - lo)
+                        piece = torch.zeros(end - begin, dtype=torch.float32, device=bucket.data.device)
+                        for offset, value in values:
+                            if value is None:
+                                continue
+                            s, e = max(offset, begin), min(offset + value.numel(), end)
+                            if s < e:
+                                piece[s - begin:e - begin].copy_(value[s - offset:e - offset])
+                        outputs = None
+                        if first:
+                            # Rank r's shard of the bucket starts at bucket.start + r * shard size.
+                            outputs = [flat[bucket.start + r * (hi - lo) + begin:bucket.start + r * (hi - lo) + end]
+                                       for r in range(dp)]
+                        gather_to_first(piece, self.pg.dp, outputs)
+                if first:
+                    for param in buffer.params:
                         if param in index:
                             ps, pe = buffer.param_ranges[param]
-                            full[index[param]].view(-1).copy_(gathered[ps - bucket.start:pe - bucket.start])
-        return full
+                            full[index[param]] = flat[ps:pe].view(param.shape)
+        if not first:
+            return None
+        return [t if t is not None else torch.zeros(p.shape, dtype=torch.float32, device=p.device)
+                for t, p in zip(full, self.model_params)]
 
     def _max_over_dp(self, value: float) -> float:
         tensor = torch.tensor([value], dtype=torch.float64)

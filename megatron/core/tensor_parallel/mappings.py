@@ -38,19 +38,21 @@ def all_reduce(tensor: torch.Tensor, group, op=dist.ReduceOp.SUM) -> torch.Tenso
     return tensor
 
 
-def gather_to_first(tensor: torch.Tensor, group) -> Optional[torch.Tensor]:
-    """Every rank's 1-D ``tensor`` (same size on every rank) concatenated in group-rank order, on the
-    group's first rank; None on the others, which keep nothing beyond their own input."""
+def gather_to_first(tensor: torch.Tensor, group, outputs: Optional[List[torch.Tensor]] = None):
+    """Every rank's ``tensor`` (same shape on every rank), in group-rank order, on the group's first
+    rank: written into ``outputs`` (one tensor per rank) when given, else into new tensors; returns
+    that list there and None on the others, which keep nothing beyond their own input."""
     world = group_size(group)
-    if world == 1:
-        return tensor
-    dst = dist.get_global_rank(group, 0)
     if group_rank(group) != 0:
-        dist.gather(tensor, None, dst=dst, group=group)
+        dist.gather(tensor, None, dst=dist.get_global_rank(group, 0), group=group)
         return None
-    out = torch.empty(world * tensor.numel(), dtype=tensor.dtype, device=tensor.device)
-    dist.gather(tensor, list(out.chunk(world)), dst=dst, group=group)
-    return out
+    if outputs is None:
+        outputs = [torch.empty_like(tensor) for _ in range(world)]
+    if world == 1:
+        outputs[0].copy_(tensor)
+    else:
+        dist.gather(tensor, outputs, dst=dist.get_global_rank(group, 0), group=group)
+    return outputs
 
 
 def all_gather_dim(tensor: torch.Tensor, dim: int, group) -> torch.Tensor:

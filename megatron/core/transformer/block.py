@@ -5,6 +5,7 @@ from typing import Optional, Tuple
 import torch
 from torch import nn
 
+from megatron.core import layer_layout
 from megatron.core.parallel_state import ProcessGroups, get_process_groups
 from megatron.core.tensor_parallel import checkpoint, get_rng_tracker, init_rng_scope
 from megatron.core.transformer.config import TransformerConfig
@@ -15,40 +16,13 @@ from megatron.core.utils import make_viewless_tensor
 
 def stage_layer_range(config: TransformerConfig, pg: ProcessGroups, layer_type: LayerType = LayerType.encoder,
                       num_layers: Optional[int] = None) -> Tuple[int, int]:
-    """(number of layers, global index of the first) for this rank's current (virtual) stage.
-
-    Without a split every stage gets ``num_layers / pp`` layers; with virtual stages each chunk
-    gets ``num_layers / (pp * v)`` and chunk ``c`` of stage ``p`` starts at
-    ``c * num_layers / v + p * num_layers / (pp * v)``. With an encoder-decoder split the encoder
-    spreads over stages ``[0, split)`` and the decoder over ``[split, pp)``.
-    """
+    """(number of layers, global index of the first) for this rank's current (virtual) stage; the
+    arithmetic and its checks are ``megatron.core.layer_layout``'s."""
     total = num_layers if num_layers is not None else config.num_layers
-    pp = pg.pipeline_model_parallel_size
-    if pp == 1:
-        return total, 0
-    split = pg.pipeline_model_parallel_split_rank
-    if split is not None:
-        if layer_type == LayerType.encoder:
-            stages, index, what = split, pg.pp_rank, "encoder stages (pipeline_model_parallel_split_rank)"
-        else:
-            stages, index, what = pp - split, pg.pp_rank - split, "decoder stages (pipeline size - split rank)"
-        if total % stages != 0:
-            raise ValueError(f"num_layers {total} is not divisible by the {stages} {what}")
-        per_stage = total // stages
-        return per_stage, index * per_stage
-    virtual = pg.virtual_pipeline_model_parallel_size
-    if virtual is not None:
-        if total % (pp * virtual) != 0:
-            raise ValueError(
-                f"num_layers {total} is not divisible by pipeline_model_parallel_size {pp} x "
-                f"virtual_pipeline_model_parallel_size {virtual}")
-        per_chunk = total // (pp * virtual)
-        chunk = pg.virtual_pipeline_model_parallel_rank or 0
-        return per_chunk, chunk * (total // virtual) + pg.pp_rank * per_chunk
-    if total % pp != 0:
-        raise ValueError(f"num_layers {total} is not divisible by pipeline_model_parallel_size {pp}")
-    per_stage = total // pp
-    return per_stage, pg.pp_rank * per_stage
+    return layer_layout.stage_layer_range(
+        total, pg.pipeline_model_parallel_size, pg.pp_rank, pg.virtual_pipeline_model_parallel_size,
+        pg.virtual_pipeline_model_parallel_rank, pg.pipeline_model_parallel_split_rank,
+        layer_layout.ENCODER if layer_type == LayerType.encoder else layer_layout.DECODER)
 
 
 class TransformerBlock(nn.Module):
@@ -77,9 +51,8 @@ class TransformerBlock(nn.Module):
             self.final_layernorm = make_layernorm(config, pg)
         else:
             self.final_layernorm = None
-        if config.recompute_granularity == "full" and config.recompute_num_layers > count and config.recompute_method == "block":
-            raise ValueError(
-                f"recompute_num_layers {config.recompute_num_layers} exceeds the {count} layers of this pipeline stage")
+        if config.recompute_granularity == "full":
+            layer_layout.check_recompute_layers(config.recompute_method, config.recompute_num_layers, count)
 
     def set_input_tensor(self, input_tensor: Optional[torch.Tensor]) -> None:
         """Activations received from the previous stage replace the ``hidden_states`` argument."""

@@ -31,7 +31,8 @@ def test_embedding_groups():
 @pytest.mark.parametrize("args, message", [
     ((6, 4, 1), "world size 6 is not divisible by tensor_model_parallel_size 4 x pipeline_model_parallel_size 1"),
     ((8, 2, 3), "world size 8 is not divisible"),
-    ((4, 1, 1, 2), "virtual_pipeline_model_parallel_size 2 needs pipeline_model_parallel_size >= 2"),
+    ((4, 1, 1, 2), "virtual_pipeline_model_parallel_size (the interleaved schedule) needs "
+                   "pipeline_model_parallel_size >= 2, got 1"),
     ((4, 1, 2, None, 2), "pipeline_model_parallel_split_rank 2 must lie in [1, pipeline_model_parallel_size 2 - 1]"),
     ((4, 0, 1), "must be >= 1"),
 ])

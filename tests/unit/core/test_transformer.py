@@ -206,7 +206,7 @@ def test_recompute_gives_the_same_gradients_with_dropout(overrides):
 
 def test_block_rejects_more_recomputed_layers_than_it_has():
     config = tiny(num_layers=4, recompute_granularity="full", recompute_method="block", recompute_num_layers=3)
-    with pytest.raises(ValueError, match="recompute_num_layers 3 exceeds the 2 layers of this pipeline stage"):
+    with pytest.raises(ValueError, match="recompute_num_layers 3 exceeds the 2 layers of a pipeline stage"):
         TransformerBlock(config, pg=fake_groups(pp=2))
 
 
