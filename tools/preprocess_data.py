@@ -177,17 +177,38 @@ def _open(path):
     return gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")
 
 
+def _read_error(path, error):
+    """gzip's "Not a gzipped file (b'no')" and a truncated stream's EOFError name no file."""
+    return PreprocessError(f"{path}: cannot read: {error}")
+
+
 def iter_lines(files, first_line=0, last_line=None):
     """Yield ``(path, line number, raw line)`` for global line numbers in [first, last)."""
     global_line = 0
     for path in files:
-        with _open(path) as f:
-            for lineno, line in enumerate(f, start=1):
-                if last_line is not None and global_line >= last_line:
-                    return
-                if global_line >= first_line:
-                    yield path, lineno, line
-                global_line += 1
+        try:
+            with _open(path) as f:
+                for lineno, line in enumerate(f, start=1):
+                    if last_line is not None and global_line >= last_line:
+                        return
+                    if global_line >= first_line:
+                        yield path, lineno, line
+                    global_line += 1
+        except (EOFError, gzip.BadGzipFile) as error:
+            raise _read_error(path, error) from None
+
+
+def check_inputs_not_empty(files):
+    """An empty input would give a 0-document dataset; refuse it, naming the file (and read the
+    first line of each, so an unreadable or non-gzip .gz is reported before any work)."""
+    for path in files:
+        try:
+            with _open(path) as f:
+                first = f.readline()
+        except (EOFError, gzip.BadGzipFile) as error:
+            raise _read_error(path, error) from None
+        if not first:
+            raise PreprocessError(f"{path}: the input file is empty (no documents)")
 
 
 def iter_chunks(files, chunk_size, first_line=0, last_line=None):
@@ -205,11 +226,7 @@ def iter_chunks(files, chunk_size, first_line=0, last_line=None):
 
 
 def count_lines(files):
-    total = 0
-    for path in files:
-        with _open(path) as f:
-            total += sum(1 for _ in f)
-    return total
+    return sum(1 for _ in iter_lines(files))
 
 
 def punkt_sample(files, json_keys, limit=PUNKT_TRAINING_CHARS):
@@ -241,22 +258,39 @@ def output_prefix(args, key, partition=None):
 
 
 class Progress:
+    """A tqdm bar (documents, docs/s, MiB/s) on a terminal; elsewhere (logs, pipes) a line every
+    ``--log-interval`` documents, as Megatron prints."""
+
     def __init__(self, interval, label=""):
         self.interval, self.label = interval, label
         self.start = time.perf_counter()
-        self.documents = self.bytes = self.next_report = 0
+        self.documents = self.bytes = 0
         self.next_report = interval
+        self.bar = None
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(desc=label.strip() or "documents", unit=" docs", unit_scale=True, file=sys.stderr,
+                            dynamic_ncols=True)
 
     def update(self, documents, nbytes):
         self.documents += documents
         self.bytes += nbytes
+        elapsed = max(time.perf_counter() - self.start, 1e-9)
+        if self.bar is not None:
+            self.bar.update(documents)
+            self.bar.set_postfix_str(f"{self.bytes / elapsed / 2**20:.2f} MiB/s", refresh=False)
+            return
         if self.documents >= self.next_report:
-            elapsed = max(time.perf_counter() - self.start, 1e-9)
             print(f"{self.label}Processed {self.documents} documents "
                   f"({self.documents / elapsed:.1f} docs/s, {self.bytes / elapsed / 2**20:.2f} MiB/s).",
                   file=sys.stderr, flush=True)
             while self.next_report <= self.documents:
                 self.next_report += self.interval
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
 
 
 def _format_bad(bad):
@@ -300,11 +334,19 @@ def encode_partition(args, files, encoder, workers, partition=None, line_range=(
             progress.update(result.documents, result.bytes)
         for key, builder in builders.items():
             builder.finalize(indexed_dataset.get_idx_path(prefixes[key]))
+    except OSError as error:
+        for builder in builders.values():
+            builder.abort()
+        if error.filename is None:  # a full disk says "[Errno 28] No space left on device", no file
+            raise PreprocessError(f"writing {', '.join(p + '.bin/.idx' for p in prefixes.values())}: "
+                                  f"{error.strerror or error}") from error
+        raise
     except BaseException:
         for builder in builders.values():
             builder.abort()
         raise
     finally:
+        progress.close()
         if pool is not None:
             pool.terminate()
             pool.join()
@@ -409,6 +451,7 @@ def build_splitter(args, files):
 def run(args):
     start = time.perf_counter()
     files = find_input_files(args.input)
+    check_inputs_not_empty(files)
     out_dir = os.path.dirname(os.path.abspath(args.output_prefix))
     if not os.path.isdir(out_dir):
         raise PreprocessError(f"--output-prefix {args.output_prefix}: directory {out_dir} does not exist")
@@ -431,6 +474,14 @@ def run(args):
         stats = encode_partition(args, files, encoder, args.workers)
     else:
         stats = encode_partitions(args, files, encoder)
+    if not any(stats["written"].values()):
+        for key in args.json_keys:
+            for path in (indexed_dataset.get_bin_path(output_prefix(args, key)),
+                         indexed_dataset.get_idx_path(output_prefix(args, key))):
+                if os.path.exists(path):
+                    os.unlink(path)
+        raise PreprocessError(f"--input {args.input}: no document has text under --json-keys "
+                              f"{' '.join(args.json_keys)}; nothing was written")
     elapsed = time.perf_counter() - start
     level = "sentences" if args.split_sentences else "sequences"
     print(f"Done: {stats['documents']} documents, {stats['sentences']} {level}, {stats['tokens']} tokens "

@@ -316,3 +316,44 @@ def test_json_key_is_nemos_spelling_of_json_keys(tmp_path, small_corpus, gpt2_fi
     run_tool(*common, "--json-keys", "title", "--output-prefix", tmp_path / "megatron")
     assert not os.path.exists(tmp_path / "nemo_text_document.bin")
     assert _read_all(str(tmp_path / "nemo_title_document")) == _read_all(str(tmp_path / "megatron_title_document"))
+
+
+@pytest.mark.parametrize("content,message", [
+    (b"", "the input file is empty"),
+    (b"no, this is not gzip\n", "cannot read"),
+])
+def test_empty_or_unreadable_input_is_an_error_naming_the_file(tmp_path, gpt2_files, content, message):
+    vocab, merges = gpt2_files
+    name = "corpus.json.gz" if b"gzip" in content else "corpus.json"
+    (tmp_path / name).write_bytes(content)
+    result = run_tool("--input", tmp_path / name, "--output-prefix", tmp_path / "o", "--tokenizer-type",
+                      "GPT2BPETokenizer", "--vocab-file", vocab, "--merge-file", merges, check=False)
+    assert result.returncode != 0
+    assert f"{tmp_path / name}: {message}" in result.stderr and "Traceback" not in result.stderr
+    assert not list(tmp_path.glob("o_*"))
+
+
+def test_documents_without_text_are_an_error_not_an_empty_dataset(tmp_path, gpt2_files):
+    vocab, merges = gpt2_files
+    (tmp_path / "c.json").write_text('{"text": ""}\n{"text": ""}\n')
+    result = run_tool("--input", tmp_path / "c.json", "--output-prefix", tmp_path / "o", "--tokenizer-type",
+                      "GPT2BPETokenizer", "--vocab-file", vocab, "--merge-file", merges, check=False)
+    assert result.returncode != 0 and "nothing was written" in result.stderr
+    assert not list(tmp_path.glob("o_*"))
+
+
+def test_a_full_disk_names_the_output(tmp_path, monkeypatch, small_corpus, gpt2_files):
+    """ENOSPC from the writer carries no file name; the message must name the outputs."""
+    import errno
+
+    import tools.preprocess_data as tool
+    from megatron.core.datasets import indexed_dataset
+
+    def full_disk(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(indexed_dataset.IndexedDatasetBuilder, "add_document", full_disk)
+    vocab, merges = gpt2_files
+    with pytest.raises(tool.PreprocessError, match=r"o_text_document\.bin/\.idx: No space left on device"):
+        tool.run(tool.get_args(["--input", small_corpus, "--output-prefix", str(tmp_path / "o"), "--tokenizer-type",
+                                "GPT2BPETokenizer", "--vocab-file", vocab, "--merge-file", merges]))
