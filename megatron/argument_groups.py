@@ -56,8 +56,8 @@ def _add_network_size_args(parser):
     group.add_argument("--openai-gelu", action="store_true",
                        help="Use the tanh approximation of GeLU (as OpenAI's GPT) instead of the exact erf form.")
     group.add_argument("--onnx-safe", action="store_true",
-                       help="Use only ONNX-exportable operators. Megatron's effect (the explicit erf GeLU on the "
-                            "unfused path) is what the core always computes; kept in args for export tools.")
+                       help="Accepted for Megatron's command lines; no effect (a one-line note says so): Megatron's "
+                            "effect, the explicit erf GeLU on the unfused path, is what the core always computes.")
     group.add_argument("--bert-no-binary-head", action="store_false", dest="bert_binary_head",
                        help="BERT without the next-sentence (binary) head.")
     group.add_argument("--vocab-size", type=int, default=None,
@@ -122,7 +122,8 @@ def _add_training_args(parser):
     group.add_argument("--tensorboard-dir", default=None, help="Write TensorBoard logs here.")
     group.add_argument("--no-masked-softmax-fusion", action="store_false", dest="masked_softmax_fusion",
                        help="Use the plain PyTorch masked softmax instead of the fused one (Triton on CUDA, the "
-                            "compiled reference on CPU under --torch-compile).")
+                            "compiled reference on CPU under --torch-compile) where attention computes an explicit "
+                            "softmax (--torch-compile with attention dropout); a note says when it has no effect.")
     group.add_argument("--no-persist-layer-norm", action="store_false", dest="persist_layer_norm",
                        help="Use the plain PyTorch layer norm instead of the fused one (Triton on CUDA).")
     group.add_argument("--torch-compile", action="store_true",
@@ -136,8 +137,8 @@ def _add_training_args(parser):
     group.add_argument("--no-bias-dropout-fusion", action="store_false", dest="bias_dropout_fusion",
                        help="Plain bias + dropout + residual instead of the fused op.")
     group.add_argument("--no-gradient-accumulation-fusion", action="store_false", dest="gradient_accumulation_fusion",
-                       help="Accumulate weight gradients with plain autograd (the only path without the CUDA "
-                            "extension).")
+                       help="Accepted for Megatron's command lines; no effect (a one-line note says so): weight "
+                            "gradients are always accumulated by autograd.")
     group.add_argument("--optimizer", default="adam", choices=["adam", "sgd"], help="Optimizer.")
     group.add_argument("--dataloader-type", default=None, choices=["single", "cyclic"],
                        help="single: one pass in order of consumed samples; cyclic: reshuffled epochs.")

@@ -313,11 +313,30 @@ def _validate_model(args) -> None:
         args.attention_softmax_in_fp32 = True
     if args.use_cpu_initialization is None:
         args.use_cpu_initialization = True
-    if args.gradient_accumulation_fusion and importlib.util.find_spec("fused_weight_gradient_mlp_cuda") is None:
-        # Megatron falls back the same way when its CUDA extension is missing (always on CPU).
-        args.gradient_accumulation_fusion = False
+    _note_settings_without_effect(args)
     if args.init_method_xavier_uniform and _given(args, "init_method_std"):
         raise ValueError("--init-method-std has no effect with --init-method-xavier-uniform; give one of them")
+
+
+def _note_settings_without_effect(args) -> None:
+    """Megatron flags that users' command lines carry but that change nothing here: accepted, with
+    one line each (rank 0) saying so."""
+    notes = []
+    if getattr(args, "onnx_safe", False):
+        notes.append("--onnx-safe has no effect: the unfused GeLU already is the exportable erf form")
+    if _given(args, "gradient_accumulation_fusion"):
+        notes.append("--no-gradient-accumulation-fusion has no effect: weight gradients are always accumulated "
+                     "by autograd (there is no fused weight-gradient kernel here)")
+    # Nothing reads it: Megatron's fused weight-gradient GEMM (an apex/CUDA extension) does not exist here.
+    args.gradient_accumulation_fusion = False
+    explicit_softmax = getattr(args, "torch_compile", False) and getattr(args, "attention_dropout", 0.0) > 0
+    if not getattr(args, "masked_softmax_fusion", True) and not explicit_softmax:
+        notes.append("--no-masked-softmax-fusion has no effect in this run: attention runs torch's "
+                     "scaled_dot_product_attention, which computes its own softmax (the separate softmax runs "
+                     "only under --torch-compile with attention dropout)")
+    if notes and args.rank == 0:
+        for note in notes:
+            print(f"note: {note}", flush=True)
 
 
 def _validate_recompute(args) -> None:
