@@ -13,6 +13,8 @@ import argparse
 import os
 import sys
 
+from tqdm import tqdm
+
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -49,7 +51,8 @@ def merge_datasets(prefixes, output_prefix):
             raise IndexedDatasetError(f"--output-prefix {output_prefix}: is also an input")
     dtype = make_dataset(prefixes[0]).dtype
     with IndexedDatasetBuilder(get_bin_path(output_prefix), dtype=dtype) as builder:
-        for prefix in prefixes:
+        # tqdm's disable=None: a bar on a terminal, nothing in logs.
+        for prefix in tqdm(prefixes, desc="merging", unit=" datasets", file=sys.stderr, disable=None):
             builder.merge_file_(prefix)
         builder.finalize(get_idx_path(output_prefix))
     merged = make_dataset(output_prefix, "mmap")

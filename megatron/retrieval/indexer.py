@@ -9,6 +9,7 @@ tensor-parallel rank 0 of each data-parallel group writes.
 from __future__ import annotations
 
 import contextlib
+import sys
 import time
 from typing import Callable, Optional, Tuple
 
@@ -107,6 +108,12 @@ class IndexBuilder:
         shard = BlockData()
         start = time.time()
         done = 0
+        # A tqdm bar on a terminal; in logs (not a terminal) a line every --indexer-log-interval batches.
+        bar = None
+        if self.global_rank == 0 and sys.stdout.isatty():
+            from tqdm import tqdm
+
+            bar = tqdm(total=num_mine, desc="indexer (rank 0)", unit=" blocks", file=sys.stdout, dynamic_ncols=True)
         with torch.no_grad(), self._autocast():
             for batch_index, batch in enumerate(loader, start=1):
                 tokens = batch["tokens"].to(self.device)
@@ -120,12 +127,16 @@ class IndexBuilder:
                 meta = batch["meta"].numpy().astype(np.int64) if "meta" in batch else None
                 shard.add_block_data(batch["row_id"].numpy().astype(np.int64), vectors, meta)
                 done += tokens.shape[0]
-                if self.global_rank == 0 and (batch_index % self.log_interval == 0 or batch_index == num_batches):
+                if bar is not None:
+                    bar.update(tokens.shape[0])
+                elif self.global_rank == 0 and (batch_index % self.log_interval == 0 or batch_index == num_batches):
                     elapsed = time.time() - start
                     rate = done / elapsed if elapsed > 0 else float("inf")
                     eta = (num_mine - done) / rate if rate > 0 else 0.0
                     print(f"> indexer: batch {batch_index}/{num_batches} | blocks {done}/{num_mine} on rank 0 "
                           f"| {rate:.1f} blocks/s | ETA {format_eta(eta)}", flush=True)
+        if bar is not None:
+            bar.close()
         return shard
 
     def build_and_save_index(self):
