@@ -10,9 +10,9 @@ Layout (Megatron-LM's ``torch`` format)::
 (3.0), ``iteration``, ``model`` (``model0``, ``model1``... per virtual stage) in Megatron-LM's nested
 form (``checkpoint_state``), ``optimizer``, ``opt_param_scheduler`` and ``rng_state`` (one dict per
 data-parallel rank). Data-parallel rank 0 of each (tensor, pipeline) rank writes it. The
-distributed optimizer's ``state_dict()`` is collective and returns the whole unsharded state on
-every data-parallel rank, so it is saved like any optimizer state and every rank loads its
-slices from the same file (a resume may even change the data-parallel size).
+distributed optimizer's ``state_dict()`` is collective and gathers the whole unsharded state to
+data-parallel rank 0 only (bucket by bucket), so it is saved like any optimizer state and every
+rank loads its slices from the same file (a resume may even change the data-parallel size).
 
 A save becomes visible all at once, so a process killed at any moment leaves the previous
 checkpoint loadable and "latest": every file is written under a temporary name, fsynced and
@@ -233,7 +233,7 @@ def save_checkpoint(iteration: int, model_chunks, optimizer, opt_param_scheduler
     # Collectives first, on every rank, before any rank starts writing.
     rng_states = None if getattr(args, "no_save_rng", False) else _gather_over_data_parallel(capture_rng_state(), pg)
     save_optim = optimizer is not None and not getattr(args, "no_save_optim", False)
-    # Called on every rank: the distributed optimizer gathers its shards in state_dict().
+    # Called on every rank: the distributed optimizer gathers its shards to data-parallel rank 0 in state_dict().
     optimizer_state = optimizer.state_dict() if save_optim else None
 
     final_dir = os.path.join(save_dir, _iteration_dirname(iteration, False))
