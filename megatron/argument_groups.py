@@ -308,6 +308,9 @@ def _add_logging_args(parser):
                        help="0: iteration time only; 1: + forward/backward/optimizer; 2: + communication.")
     group.add_argument("--tensorboard-log-interval", type=int, default=1, help="Iterations between TensorBoard writes.")
     group.add_argument("--tensorboard-queue-size", type=int, default=1000, help="TensorBoard events queued in memory.")
+    group.add_argument("--log-json", default=None, metavar="FILE",
+                       help="Append one JSON object per logged iteration and per evaluation to FILE (the numbers "
+                            "of the log lines, unrounded), for scripts and tests to read.")
     group.add_argument("--log-timers-to-tensorboard", action="store_true", help="Write timers to TensorBoard.")
     group.add_argument("--log-batch-size-to-tensorboard", action="store_true", help="Write the batch size.")
     group.add_argument("--no-log-learnig-rate-to-tensorboard", "--no-log-learning-rate-to-tensorboard",

@@ -50,7 +50,20 @@ def check_save_dir(save: Optional[str]) -> None:
         raise OSError(f"--save {save} is not a writable directory: {error.strerror or error}") from None
 
 
+def check_log_json(path: Optional[str]) -> None:
+    """--log-json FILE can be appended to (its directory is made if missing)."""
+    if not path:
+        return
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(path, "a", encoding="utf-8"):
+            pass
+    except OSError as error:
+        raise OSError(f"--log-json {path} cannot be written: {error.strerror or error}") from None
+
+
 def check_inputs_at_startup(args) -> None:
     check_data_paths(args)
     # Every rank checks (on a cluster each node may mount --save differently).
     check_save_dir(getattr(args, "save", None))
+    check_log_json(getattr(args, "log_json", None))

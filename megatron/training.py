@@ -21,7 +21,7 @@ from megatron.errors import debug_enabled, input_errors_in_one_line, is_distribu
 from megatron.initialize import distributed_failure, get_device, initialize_megatron
 from megatron.model_setup import build_train_valid_test_data_iterators, data_parallel_group, setup_model_and_optimizer
 from megatron.startup_checks import check_inputs_at_startup
-from megatron.training_log import TrainingLogger, validation_line, write_validation
+from megatron.training_log import TrainingLogger, validation_line, write_json_record, write_validation
 from megatron.utils import calc_params_l2_norm, print_rank_0, print_rank_last
 
 _START_TIME = time.time()
@@ -373,4 +373,5 @@ def evaluate_and_print_results(ctx: TrainingContext, label: str, data_iterator, 
         write_validation(ctx.writer, split, loss_dict, iteration, ctx.args.consumed_train_samples,
                          ctx.args.log_validation_ppl_to_tensorboard)
     print_rank_last(validation_line(label, loss_dict))
+    write_json_record(ctx.args, {"kind": split, "label": label, "iteration": iteration, "losses": loss_dict})
     return loss_dict

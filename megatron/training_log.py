@@ -3,12 +3,13 @@
 Losses exist on the last pipeline stage; the line is built and printed there, by the last rank
 (as Megatron-LM does), so logging costs no communication.
 """
+import json
 import math
 from typing import Dict, Optional
 
 import torch
 
-from megatron.utils import flops_per_iteration_from_args, throughput
+from megatron.utils import flops_per_iteration_from_args, is_last_rank, throughput
 
 
 class TrainingLogger:
@@ -105,9 +106,16 @@ class TrainingLogger:
                 f" learning rate: {learning_rate:.3E} |"
                 f" global batch size: {batch_size:5d} |")
         counted = max(self.iterations - self.skipped, 1)
-        for key in sorted(self.total_losses) or sorted(loss_dict):
-            average = self.total_losses.get(key, float("nan")) / counted
+        averages = {key: self.total_losses.get(key, float("nan")) / counted
+                    for key in sorted(self.total_losses) or sorted(loss_dict)}
+        for key, average in averages.items():
             line += f" {key}: {average:.6E} |"
+        write_json_record(args, {
+            "kind": "iteration", "iteration": iteration, "train_iters": total, "consumed_samples": consumed_samples,
+            "elapsed_ms_per_iteration": per_iteration * 1000.0, "learning_rate": learning_rate,
+            "global_batch_size": batch_size, "losses": averages, "loss_scale": loss_scale, "grad_norm": grad_norm,
+            "num_zeros": num_zeros, "params_norm": params_norm, "skipped_iterations": self.skipped,
+            "nan_iterations": self.nan, "tflops_per_gpu": tflops, "mfu": mfu})
         line += f" loss scale: {loss_scale:.1f} |"
         if grad_norm is not None:
             line += f" grad norm: {grad_norm:.3f} |"
@@ -122,6 +130,16 @@ class TrainingLogger:
             line += f" MFU: {100.0 * mfu:.2f}% |"
         self.total_losses, self.iterations, self.skipped, self.nan = {}, 0, 0, 0
         return line
+
+
+def write_json_record(args, record: Dict) -> None:
+    """--log-json FILE: append one JSON object (an iteration's or an evaluation's numbers, unrounded)
+    per line, from the last rank, which holds the losses. Scripts read this, not the text lines."""
+    path = getattr(args, "log_json", None)
+    if not path or not is_last_rank():
+        return
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record, allow_nan=True) + "\n")
 
 
 def _is_loss(key: str) -> bool:
