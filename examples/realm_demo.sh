@@ -27,7 +27,9 @@ HEADS=${HEADS:-4}
 BLOCK_SEQ=${BLOCK_SEQ:-64}
 QUERY_SEQ=${QUERY_SEQ:-32}
 BATCH=${BATCH:-32}
+ICT_BATCH=${ICT_BATCH:-$BATCH}
 REALM_BATCH=${REALM_BATCH:-16}
+REALM_LR=${REALM_LR:-3e-4}
 EVAL_ITERS=${EVAL_ITERS:-25}
 SPLIT=${SPLIT:-85,5,10}
 CKPT="$DEMO_DIR/checkpoints"
@@ -55,7 +57,7 @@ python pretrain_bert.py $MODEL --seq-length "$POSITIONS" \
 
 echo "== 3. ICT pretraining from the BERT ($ICT_ITERS iterations)"
 python pretrain_ict.py $MODEL $RETRIEVER --seq-length "$BLOCK_SEQ" \
-    --micro-batch-size "$BATCH" --global-batch-size "$BATCH" --train-iters "$ICT_ITERS" \
+    --micro-batch-size "$ICT_BATCH" --global-batch-size "$ICT_BATCH" --train-iters "$ICT_ITERS" \
     --bert-load "$CKPT/realm_bert" --save "$CKPT/realm_ict" --save-interval 100000 \
     --data-path "$BODY" --titles-data-path "$TITLES" --vocab-file "$VOCAB" --split "$SPLIT" \
     --lr 1e-3 --lr-decay-style linear --weight-decay 1e-2 --clip-grad 1.0 --lr-warmup-fraction .05 \
@@ -71,7 +73,7 @@ REALM_COMMON="$MODEL $RETRIEVER --seq-length $BLOCK_SEQ --query-seq-length $QUER
     --ict-load $CKPT/realm_ict --bert-load $CKPT/realm_bert
     --data-path $BODY --titles-data-path $TITLES --salient-span-json $DEMO_DIR/corpus.json
     --vocab-file $VOCAB --split $SPLIT --masking-style salient
-    --lr 3e-4 --lr-decay-style linear --lr-warmup-fraction .05 --weight-decay 1e-2 --clip-grad 1.0
+    --lr $REALM_LR --lr-decay-style linear --lr-warmup-fraction .05 --weight-decay 1e-2 --clip-grad 1.0
     --log-interval 25 --eval-interval 100000 --eval-iters $EVAL_ITERS --num-workers 0 --save-interval 100000"
 
 echo "== 5. REALM ($REALM_ITERS iterations, 8 candidates, index refreshed every $REFRESH iterations)"
