@@ -51,6 +51,11 @@ def model_provider(pre_process=True, post_process=True):
         check_realm_args(args)
     except ValueError as error:
         raise REALMSetupError(str(error)) from None
+    if args.realm_num_candidates == 1:
+        unused = [flag for flag, value in (("--block-data-path", args.block_data_path),
+                                           ("--index-refresh-interval", args.index_refresh_interval)) if value]
+        print_rank_0("> --realm-num-candidates 1: no retrieval, the reader reads each query alone (the null "
+                     "document)" + (f"; {' and '.join(unused)} not used" if unused else ""))
     print_rank_0("building the REALM retriever (ICT biencoder) and reader (BERT) ...")
     model = build_realm_model(args, core_transformer_config_from_args(args), get_tokenizer())
     if resuming(args):
