@@ -81,7 +81,14 @@ class CoreAttention(nn.Module):
         # Query-key layer scaling divides the scores by the layer number before they can overflow
         # fp16 and multiplies it back inside the fp32 softmax; the result is mathematically unchanged.
         self.coeff = float(max(1, layer_number)) if config.apply_query_key_layer_scaling else 1.0
-        self.norm_factor = math.sqrt(config.kv_channels) * self.coeff
+        # μP scales scores by 1 / d_head (keys and queries become correlated during training, so their
+        # dot product grows like d_head, not its root), times sqrt(base d_head) so the base width is unchanged.
+        self.softmax_scale = None
+        head_scale = math.sqrt(config.kv_channels)
+        if config.use_mup:
+            head_scale = config.kv_channels / math.sqrt(config.mup_base_kv_channels)
+            self.softmax_scale = 1.0 / head_scale
+        self.norm_factor = head_scale * self.coeff
 
     def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                 attention_mask: Optional[torch.Tensor]) -> torch.Tensor:
@@ -113,7 +120,7 @@ class CoreAttention(nn.Module):
         dropout_p = self.dropout_p if self.training else 0.0
         with get_rng_tracker().fork() if dropout_p > 0 else contextlib.nullcontext():
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
-                                                 **gqa)
+                                                 scale=self.softmax_scale, **gqa)
         return out.permute(2, 0, 1, 3)  # [sq, b, np, hn]
 
     def _unfused(self, query, key, value, mask, causal: bool = False):
@@ -163,20 +170,22 @@ class ParallelAttention(nn.Module):
         if attention_type == AttnType.self_attn:
             self.query_key_value = ColumnParallelLinear(
                 config.hidden_size, projection_size + 2 * kv_projection_size, config=config,
-                init_method=config.init_method, bias=bias, pg=pg)
+                init_method=config.init_method, bias=bias, pg=pg, mup_base_fan_in=config.mup_base_fan_in("hidden"))
         else:
             if config.num_query_groups != config.num_attention_heads:
                 raise ValueError(f"cross-attention has no grouped-query form: num_query_groups {config.num_query_groups} "
                                  f"must equal num_attention_heads {config.num_attention_heads}")
             self.query = ColumnParallelLinear(
-                config.hidden_size, projection_size, config=config, init_method=config.init_method, bias=bias, pg=pg)
+                config.hidden_size, projection_size, config=config, init_method=config.init_method, bias=bias, pg=pg,
+                mup_base_fan_in=config.mup_base_fan_in("hidden"))
             self.key_value = ColumnParallelLinear(
-                config.hidden_size, 2 * projection_size, config=config, init_method=config.init_method, bias=bias, pg=pg)
+                config.hidden_size, 2 * projection_size, config=config, init_method=config.init_method, bias=bias, pg=pg,
+                mup_base_fan_in=config.mup_base_fan_in("hidden"))
         self.core_attention = CoreAttention(config, layer_number, attn_mask_type, pg)
         self.recompute_core_attention = config.recompute_granularity == "selective"
         self.dense = RowParallelLinear(
             projection_size, config.hidden_size, config=config, init_method=config.output_layer_init_method,
-            bias=bias, input_is_parallel=True, skip_bias_add=True, pg=pg)
+            bias=bias, input_is_parallel=True, skip_bias_add=True, pg=pg, mup_base_fan_in=config.mup_base_fan_in("attention"))
         # Incremental decoding (megatron/text_generation) sets an object with
         # ``update(key, value) -> (all_keys, all_values)`` that appends this step's keys and values
         # [s, b, ng, hn] to those of earlier steps, and ``rotary_frequencies(s)`` giving the rotary
@@ -210,8 +219,11 @@ class ParallelAttention(nn.Module):
             # positions before they are cached (as a full forward would have rotated them).
             rotary_pos_emb = cache.rotary_frequencies(query.shape[0]).to(rotary_pos_emb.device)
         if rotary_pos_emb is not None:
-            query = apply_rotary_pos_emb(query, rotary_pos_emb[: query.shape[0]])
-            key = apply_rotary_pos_emb(key, rotary_pos_emb[: key.shape[0]])
+            # A pair gives queries and keys their own positions (RETRO's chunked cross-attention
+            # offsets the queries against the neighbours' positions).
+            q_freqs, k_freqs = rotary_pos_emb if isinstance(rotary_pos_emb, tuple) else (rotary_pos_emb, rotary_pos_emb)
+            query = apply_rotary_pos_emb(query, q_freqs[: query.shape[0]])
+            key = apply_rotary_pos_emb(key, k_freqs[: key.shape[0]])
         if cache is not None:
             key, value = cache.update(key, value)  # [sk, b, np, hn], sk >= sq
         if self.recompute_core_attention and self.training:
