@@ -180,13 +180,14 @@ def test_killed_during_save_leaves_previous_checkpoint_latest_and_loadable(data,
     assert parse_iterations(result.stdout)[latest + 1]["consumed samples"] == 8 * (latest + 1)
 
 
-def test_killed_rank_ends_the_job_with_a_clear_message(data):
-    """Two ranks started by hand (as a scheduler would, without torchrun's supervision): rank 1
-    is killed mid-training; rank 0 must stop within 2 minutes, naming itself and the step."""
+def _hurt_rank_1_and_wait_for_rank_0(data, extra, hurt, within):
+    """Two ranks started by hand (as a scheduler would, without torchrun's supervision); once the
+    last rank has printed iteration 2, ``hurt(process)`` is done to it, and rank 0 must stop within
+    ``within`` seconds, naming itself and the step. Returns rank 0's stderr."""
     from test_training_lib import _free_port
 
     port = str(_free_port())
-    args = gpt_args(data, *COMMON, train_iters=100000)
+    args = gpt_args(data, *COMMON, *extra, train_iters=100000)
     processes = []
     for rank in (0, 1):
         env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", MASTER_ADDR="127.0.0.1",
@@ -195,42 +196,28 @@ def test_killed_rank_ends_the_job_with_a_clear_message(data):
                                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
     try:
         _wait_for_line(processes[1], " iteration        2/")  # the last rank prints the iteration lines
-        processes[1].kill()
+        hurt(processes[1])
         start = time.time()
-        _, stderr = processes[0].communicate(timeout=120)
-        assert time.time() - start < 120
+        _, stderr = processes[0].communicate(timeout=within)
+        assert time.time() - start < within
     finally:
         for process in processes:
             process.kill()
     assert processes[0].returncode not in (0, None)
     assert "[rank 0] ERROR: a collective failed during training iteration" in stderr, stderr[-3000:]
+    return stderr
+
+
+def test_killed_rank_ends_the_job_with_a_clear_message(data):
+    _hurt_rank_1_and_wait_for_rank_0(data, [], lambda process: process.kill(), within=120)
 
 
 def test_stalled_rank_ends_the_job_within_the_distributed_timeout(data):
-    """Rank 1 is frozen (SIGSTOP) mid-training, so rank 0 waits in the data-parallel gradient
-    all-reduce: a sub-group collective, which must honour --distributed-timeout-minutes (here 15 s)
+    """Rank 1 is frozen (SIGSTOP), so rank 0 waits in a collective, possibly the data-parallel
+    gradient all-reduce: a sub-group, which must honour --distributed-timeout-minutes (here 15 s)
     rather than torch's 30-minute default for groups made without a timeout."""
-    from test_training_lib import _free_port
-
-    port = str(_free_port())
-    args = gpt_args(data, *COMMON, "--distributed-timeout-minutes", "0.25", train_iters=100000)
-    processes = []
-    for rank in (0, 1):
-        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", MASTER_ADDR="127.0.0.1",
-                   MASTER_PORT=port, WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank))
-        processes.append(subprocess.Popen([sys.executable, os.path.join(REPO, "pretrain_gpt.py"), *args], cwd=REPO,
-                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
-    try:
-        _wait_for_line(processes[1], " iteration        2/")  # the last rank prints the iteration lines
-        processes[1].send_signal(signal.SIGSTOP)
-        start = time.time()
-        _, stderr = processes[0].communicate(timeout=15 + 60)
-        assert time.time() - start < 15 + 60
-    finally:
-        for process in processes:
-            process.kill()
-    assert processes[0].returncode not in (0, None)
-    assert "[rank 0] ERROR: a collective failed during training iteration" in stderr, stderr[-3000:]
+    _hurt_rank_1_and_wait_for_rank_0(data, ["--distributed-timeout-minutes", "0.25"],
+                                     lambda process: process.send_signal(signal.SIGSTOP), within=15 + 60)
 
 
 def test_data_from_another_vocabulary_is_refused_at_tp2(data):
