@@ -3,7 +3,8 @@
 The training layer's flags (model sizes, tokenizer, TP/PP, checkpoint loading) are shared with
 pretraining; this file adds the task flags and dispatches. Zero-shot GPT tasks: WIKITEXT103,
 LAMBADA; BERT sentence-pair classification (fine-tune and evaluate): MNLI, QQP; BERT multiple choice: RACE;
-retriever (ICT biencoder) top-k accuracy on NQ-style questions: RETRIEVER-EVAL (alias ICT-ZEROSHOT-NQ).
+retriever (ICT biencoder) top-k accuracy on NQ-style questions: RETRIEVER-EVAL (alias ICT-ZEROSHOT-NQ);
+open-domain QA (retriever + span reader, frozen evidence): ORQA (fine-tune), ORQA-EVAL (exact match).
 """
 import os
 import sys
@@ -13,13 +14,17 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ZERO_SHOT_TASKS = ("WIKITEXT103", "LAMBADA")
 GLUE_TASKS = ("MNLI", "QQP")
 RETRIEVER_TASKS = ("RETRIEVER-EVAL", "ICT-ZEROSHOT-NQ")
-TASKS = ZERO_SHOT_TASKS + GLUE_TASKS + ("RACE",) + RETRIEVER_TASKS
+ORQA_TASKS = ("ORQA", "ORQA-EVAL")
+TASKS = ZERO_SHOT_TASKS + GLUE_TASKS + ("RACE",) + RETRIEVER_TASKS + ORQA_TASKS
 
 
 def get_tasks_args(parser):
     from megatron.argument_groups import add_biencoder_args
 
-    add_biencoder_args(parser)  # RETRIEVER-EVAL
+    from tasks.orqa.finetune import add_orqa_args
+
+    add_biencoder_args(parser)  # RETRIEVER-EVAL, ORQA
+    add_orqa_args(parser)  # ORQA, ORQA-EVAL
     group = parser.add_argument_group(title="tasks")
     group.add_argument("--task", type=str, required=True, choices=TASKS, help="Task name.")
     group.add_argument("--epochs", type=int, default=None,
@@ -50,7 +55,7 @@ def _default_tokenizer(argv) -> str:
 def _task_defaults(argv) -> dict:
     """Fine-tuning takes its length from --epochs; evaluation trains nothing, so the training-schedule
     flags of the user's pretraining arguments (GPT_ARGS) are accepted unchanged and have no effect."""
-    schedule = "epochs" if _task(argv) in GLUE_TASKS + ("RACE",) else "none"
+    schedule = "epochs" if _task(argv) in GLUE_TASKS + ("RACE", "ORQA") else "none"
     return {"tokenizer_type": _default_tokenizer(argv), "training_schedule": schedule}
 
 
@@ -74,10 +79,18 @@ def main(argv=None):
 def _run_task(args):
     from megatron.argument_groups import biencoder_arg_names
 
-    if args.task not in RETRIEVER_TASKS:
-        unused = sorted(biencoder_arg_names() & getattr(args, "_explicit_flags", set()))
+    from tasks.orqa.finetune import orqa_arg_names
+
+    explicit = getattr(args, "_explicit_flags", set())
+    if args.task not in RETRIEVER_TASKS + ORQA_TASKS:
+        unused = sorted(biencoder_arg_names() & explicit)
         if unused:
             raise ValueError(f"--task {args.task} does not use the retriever flag(s) "
+                             + ", ".join("--" + name.replace("_", "-") for name in unused))
+    if args.task not in ORQA_TASKS:
+        unused = sorted(orqa_arg_names() & explicit)
+        if unused:
+            raise ValueError(f"--task {args.task} does not use the ORQA flag(s) "
                              + ", ".join("--" + name.replace("_", "-") for name in unused))
     if args.virtual_pipeline_model_parallel_size is not None:
         raise ValueError("tasks/main.py does not support the interleaved pipeline schedule "
@@ -98,6 +111,10 @@ def _run_task(args):
         from tasks.orqa.evaluate import main as retriever_main
 
         return retriever_main()
+    if args.task in ORQA_TASKS:
+        from tasks.orqa.finetune import main as orqa_main
+
+        return orqa_main()
     raise ValueError(f"--task {args.task} is not implemented")
 
 
