@@ -258,6 +258,14 @@ def finetune(task: str, train_samples: List[Sample], valid_sets: Dict[str, List[
 
     check_save_dir(args.save)  # before the model is built and the epochs are spent
     iters_per_epoch = _set_training_length(args, len(train_samples))
+    # Megatron-LM's fine-tuning command lines carry its periodic-evaluation and saving flags; here the
+    # validation files are scored after every epoch and only an improvement is saved.
+    unused = [_flag for name, _flag in (("eval_interval", "--eval-interval"), ("eval_iters", "--eval-iters"),
+                                        ("save_interval", "--save-interval"))
+              if name in getattr(args, "_explicit_flags", ())]
+    if unused:
+        print_rank_0(f"note: fine-tuning scores every --valid-data set after each epoch and saves only an improved "
+                     f"checkpoint; {', '.join(unused)} {'has' if len(unused) == 1 else 'have'} no effect")
     model, optimizer, scheduler = setup_model_and_optimizer(provider, ModelType.encoder_or_decoder, args, pg)
     if args.iteration == 0 and args.pretrained_checkpoint is not None:
         # Nothing resumed from --load (none given, or no checkpoint there yet), as in Megatron-LM.

@@ -161,6 +161,7 @@ def test_readme_race_command_line_runs_and_evaluates_dev_sets_smaller_than_a_bat
     assert "no --load given" not in stdout
     assert f"fine-tuning from --pretrained-checkpoint {bert_checkpoint} (encoder weights)" in stdout
     assert stdout.count("notice: --fp16 on a CPU") == 1
+    assert "--eval-interval, --eval-iters, --save-interval have no effect" in stdout
 
 
 def test_readme_mnli_command_line_runs(bert_checkpoint, tmp_path):
