@@ -48,6 +48,17 @@ def _add_network_size_args(parser):
                        help="No biases in the QKV, attention output and MLP projections.")
     group.add_argument("--untie-embeddings-and-output-weights", action="store_true",
                        help="GPT: an output layer of its own instead of the transposed word embeddings.")
+    group.add_argument("--use-mup", action="store_true",
+                       help="Maximal-update parametrisation (muP): hyper-parameters tuned at --mup-base-hidden-size "
+                            "carry over to this width (init, Adam learning rates per parameter, logit and attention "
+                            "scaling; megatron/core/mup.py). Needs --optimizer adam.")
+    group.add_argument("--mup-base-hidden-size", type=int, default=None,
+                       help="muP: hidden size of the base model (the width the hyper-parameters were tuned at).")
+    group.add_argument("--mup-base-num-attention-heads", type=int, default=None,
+                       help="muP: attention heads of the base model (default: --num-attention-heads, so width grows "
+                            "the head size).")
+    group.add_argument("--mup-base-ffn-hidden-size", type=int, default=None,
+                       help="muP: MLP width of the base model (default: --ffn-hidden-size x base / hidden size).")
     group.add_argument("--make-vocab-size-divisible-by", type=int, default=128,
                        help="Pad the vocabulary to a multiple of this x tensor-parallel size.")
     group.add_argument("--layernorm-epsilon", type=float, default=1e-5, help="LayerNorm epsilon.")
@@ -295,6 +306,9 @@ def _add_data_args(parser):
     group.add_argument("--reset-position-ids", action="store_true", help="Restart position ids after each EOD.")
     group.add_argument("--reset-attention-mask", action="store_true", help="Block attention across EOD tokens.")
     group.add_argument("--eod-mask-loss", action="store_true", help="No loss on EOD tokens.")
+    group.add_argument("--need-pad-id", "--need_pad_id", dest="need_pad_id", action="store_true",
+                       help="Append a <pad> token to a tokenizer without one (as tools/preprocess_data.py "
+                            "--need-pad-id did for retmmap data), so the vocabulary has its row.")
 
 
 def _add_logging_args(parser):
@@ -364,6 +378,29 @@ def add_biencoder_args(parser):
     group.add_argument("--faiss-index-factory", default="Flat",
                        help="FAISS index: Flat (exact), or approximate e.g. IVF1024,Flat or HNSW32.")
     group.add_argument("--faiss-nprobe", type=int, default=16, help="IVF lists searched per query.")
+    return parser
+
+
+def add_retro_args(parser):
+    """RETRO's flags (NeMo's model options under Megatron spellings), added only by pretrain_retro.py
+    and tools/generate_samples_retro.py."""
+    group = parser.add_argument_group(title="RETRO")
+    group.add_argument("--retro-chunk-size", type=int, default=64, help="Tokens per chunk (NeMo: 64).")
+    group.add_argument("--retro-num-neighbors", type=int, default=2,
+                       help="Neighbours per chunk fed to the model (at most the KNN map's K).")
+    group.add_argument("--retro-encoder-layers", type=int, default=2, help="Layers of the retrieval encoder.")
+    group.add_argument("--retro-encoder-cca-layers", type=int, nargs="*", default=[0],
+                       help="0-based encoder layers that cross-attend to the decoder chunk (default: 0).")
+    group.add_argument("--retro-decoder-cca-layers", type=int, nargs="+", default=None,
+                       help="0-based decoder layers with chunked cross-attention. Default: NeMo's [3, 5] for "
+                            "6 layers, else Megatron-LM's every third from the 6th (5, 8, 11, ...).")
+    group.add_argument("--retro-train-data", default=None,
+                       help="retmmap training data prefix (tools/preprocess_data.py --dataset-impl retmmap); "
+                            "--split divides its documents into train/valid/test.")
+    group.add_argument("--retro-db", default=None,
+                       help="retmmap retrieval database prefix (built with --retrieval-db).")
+    group.add_argument("--retro-knn-map", default=None,
+                       help="KNN map of the training chunks into the database (tools/retro/build_knn_map.py).")
     return parser
 
 

@@ -316,6 +316,37 @@ def _validate_model(args) -> None:
     _note_settings_without_effect(args)
     if args.init_method_xavier_uniform and _given(args, "init_method_std"):
         raise ValueError("--init-method-std has no effect with --init-method-xavier-uniform; give one of them")
+    _validate_mup(args)
+
+
+def _validate_mup(args) -> None:
+    """--use-mup and its base sizes; the base model's derived sizes are checked by building its config."""
+    names = ("mup_base_hidden_size", "mup_base_num_attention_heads", "mup_base_ffn_hidden_size")
+    if not getattr(args, "use_mup", False):
+        for name in names:
+            if getattr(args, name, None) is not None:
+                raise ValueError(f"{_flag(name)} needs --use-mup")
+        return
+    _require(args, "mup_base_hidden_size")
+    _positive(args, *names)
+    if args.optimizer != "adam":
+        raise ValueError(f"--use-mup needs --optimizer adam (its per-parameter learning rates are Adam's rule), "
+                         f"got --optimizer {args.optimizer}")
+    if args.init_method_xavier_uniform:
+        raise ValueError("--use-mup scales the normal --init-method-std initialisation; it cannot be combined with "
+                         "--init-method-xavier-uniform")
+    from megatron.core.transformer import TransformerConfig
+
+    try:
+        TransformerConfig(num_layers=args.num_layers, hidden_size=args.hidden_size,
+                          num_attention_heads=args.num_attention_heads, num_query_groups=args.num_query_groups,
+                          kv_channels=args.kv_channels, ffn_hidden_size=args.ffn_hidden_size, use_mup=True,
+                          mup_base_hidden_size=args.mup_base_hidden_size,
+                          mup_base_num_attention_heads=args.mup_base_num_attention_heads,
+                          mup_base_ffn_hidden_size=args.mup_base_ffn_hidden_size)
+    except ValueError as error:
+        raise ValueError(f"--use-mup: {error} (flags --mup-base-hidden-size, --mup-base-num-attention-heads, "
+                         "--mup-base-ffn-hidden-size)") from None
 
 
 def _note_settings_without_effect(args) -> None:
@@ -587,7 +618,8 @@ def _validate_checkpointing(args) -> None:
             print(f"note: this tool saves no checkpoint; {' and '.join(given)} "
                   f"{'has' if len(given) == 1 else 'have'} no effect", flush=True)
         args.save = args.save_interval = None
-    if args.save is not None and args.save_interval is None:
+    # Fine-tuning saves each improvement on the validation sets, at no interval.
+    if args.save is not None and args.save_interval is None and training_schedule(args) != "epochs":
         raise ValueError(f"--save {args.save} needs --save-interval")
     if args.save_interval is not None and args.save is None:
         raise ValueError(f"--save-interval {args.save_interval} needs --save")
@@ -664,6 +696,40 @@ def _validate_logging_and_data(args) -> None:
         args.padded_vocab_size = vocab_size_with_padding(args.vocab_size + args.vocab_extra_ids, args)
 
 
+def default_retro_decoder_cca_layers(num_layers: int) -> list:
+    """NeMo's [3, 5] for its 6-layer decoder; otherwise Megatron-LM's layers 6, 9, 12, ... (0-based 5, 8, ...)."""
+    if num_layers == 6:
+        return [3, 5]
+    return list(range(5, num_layers, 3))
+
+
+def _validate_retro(args) -> None:
+    """RETRO's flags (pretrain_retro.py, tools/generate_samples_retro.py)."""
+    _positive(args, "retro_chunk_size", "retro_num_neighbors", "retro_encoder_layers")
+    if args.retro_chunk_size < 2:
+        raise ValueError(f"--retro-chunk-size {args.retro_chunk_size} must be >= 2")
+    if args.pipeline_model_parallel_size != 1:
+        raise ValueError(f"RETRO does not support pipeline parallelism: --pipeline-model-parallel-size "
+                         f"{args.pipeline_model_parallel_size} must be 1 (as in NeMo)")
+    if args.seq_length is not None and args.seq_length % args.retro_chunk_size != 0:
+        raise ValueError(f"--seq-length {args.seq_length} is not a multiple of --retro-chunk-size {args.retro_chunk_size}")
+    if args.retro_decoder_cca_layers is None:
+        args.retro_decoder_cca_layers = default_retro_decoder_cca_layers(args.num_layers)
+        if not args.retro_decoder_cca_layers:
+            raise ValueError(f"--num-layers {args.num_layers} is below 6: give --retro-decoder-cca-layers explicitly")
+    dec, enc = args.retro_decoder_cca_layers, args.retro_encoder_cca_layers
+    if sorted(set(dec)) != dec or dec[0] < 0 or dec[-1] >= args.num_layers:
+        raise ValueError(f"--retro-decoder-cca-layers {dec} must be increasing 0-based indices below --num-layers "
+                         f"{args.num_layers}")
+    if sorted(set(enc)) != enc or (enc and (enc[0] < 0 or enc[-1] >= args.retro_encoder_layers)):
+        raise ValueError(f"--retro-encoder-cca-layers {enc} must be increasing 0-based indices below "
+                         f"--retro-encoder-layers {args.retro_encoder_layers}")
+    if args.position_embedding_type == "learned_absolute" and args.max_position_embeddings is not None and \
+            args.max_position_embeddings < 2 * args.retro_chunk_size:
+        raise ValueError(f"--max-position-embeddings {args.max_position_embeddings} is shorter than a neighbour "
+                         f"(2 x --retro-chunk-size {args.retro_chunk_size})")
+
+
 def validate_args(args, defaults={}):
     """Resolve old spellings, derive values and check every constraint; returns ``args``."""
     if not hasattr(args, "world_size") or not hasattr(args, "rank"):
@@ -686,6 +752,8 @@ def validate_args(args, defaults={}):
     _validate_torch_compile(args)
     _validate_checkpointing(args)
     _validate_logging_and_data(args)
+    if hasattr(args, "retro_chunk_size"):
+        _validate_retro(args)
     args.consumed_train_samples = 0
     args.consumed_valid_samples = 0
     args.iteration = 0
@@ -732,6 +800,9 @@ def core_transformer_config_from_args(args):
         sequence_parallel=args.sequence_parallel, recompute_granularity=args.recompute_granularity,
         recompute_method=args.recompute_method, recompute_num_layers=args.recompute_num_layers,
         use_cpu_initialization=args.use_cpu_initialization,
+        use_mup=getattr(args, "use_mup", False), mup_base_hidden_size=getattr(args, "mup_base_hidden_size", None),
+        mup_base_num_attention_heads=getattr(args, "mup_base_num_attention_heads", None),
+        mup_base_ffn_hidden_size=getattr(args, "mup_base_ffn_hidden_size", None),
         # Per-component initial weights: every layout starts from the one-process weights.
         init_seed=args.seed if args.use_cpu_initialization else None,
         **init)

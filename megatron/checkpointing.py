@@ -334,6 +334,12 @@ _CHECKED_ARGS = (
     ("normalization", "--normalization"),
     ("add_bias_linear", "--disable-bias-linear"),
     ("untie_embeddings_and_output_weights", "--untie-embeddings-and-output-weights"),
+    # muP changes no shape but the initialisation, the per-parameter learning rates (the optimizer
+    # groups a resume must rebuild identically) and the forward multipliers.
+    ("use_mup", "--use-mup"),
+    ("mup_base_hidden_size", "--mup-base-hidden-size"),
+    ("mup_base_num_attention_heads", "--mup-base-num-attention-heads"),
+    ("mup_base_ffn_hidden_size", "--mup-base-ffn-hidden-size"),
 )
 
 

@@ -37,7 +37,8 @@ class BertLMHead(nn.Module):
         per_partition = divide(vocab_size, pg.tensor_model_parallel_size, "vocabulary size vs tensor_model_parallel_size")
         self.bias = nn.Parameter(torch.zeros(per_partition, dtype=config.params_dtype))
         set_tensor_model_parallel_attributes(self.bias, pg.tensor_model_parallel_size > 1, 0, 1)
-        self.dense = replicated_linear(config.hidden_size, config.hidden_size, config)
+        self.dense = replicated_linear(config.hidden_size, config.hidden_size, config,
+                                       mup_base_fan_in=config.mup_base_fan_in("hidden"))
         self.layernorm = fused.FusedLayerNorm(config.hidden_size, eps=config.layernorm_epsilon,
                                               dtype=config.params_dtype, enabled=config.persist_layer_norm)
         mark_sequence_parallel(self.dense, config, pg)
@@ -50,7 +51,8 @@ class BertLMHead(nn.Module):
                                         enabled=self.config.bias_gelu_fusion)
         hidden_states = self.layernorm(hidden_states)
         return parallel_lm_logits(hidden_states, word_embeddings_weight, self.parallel_output, self.pg,
-                                  self.config.sequence_parallel, bias=self.bias)
+                                  self.config.sequence_parallel, bias=self.bias,
+                                  logit_multiplier=self.config.mup_output_multiplier)
 
 
 class BertModel(LanguageModule):
@@ -90,7 +92,11 @@ class BertModel(LanguageModule):
         if self.add_binary_head:
             output, pooled = output
         logits = self.lm_head(output, self.word_embeddings_weight())
-        binary_logits = self.binary_head(pooled) if pooled is not None else None
+        binary_logits = None
+        if pooled is not None:
+            # A readout like the LM head: under μP its input is scaled by base / hidden size.
+            scale = self.config.mup_output_multiplier
+            binary_logits = self.binary_head(pooled * scale if scale != 1.0 else pooled)
         if lm_labels is not None and not self.parallel_output:
             raise ValueError("BertModel computes the loss from vocab-parallel logits; use parallel_output=True with lm_labels")
         return logits_or_loss(logits, lm_labels, self.fp16_lm_cross_entropy, self.pg), binary_logits

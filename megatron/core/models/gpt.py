@@ -55,7 +55,7 @@ class GPTModel(LanguageModule):
         if not self.post_process:
             return hidden
         logits = parallel_lm_logits(hidden, self.output_weight(), self.parallel_output, self.pg,
-                                    self.config.sequence_parallel)
+                                    self.config.sequence_parallel, logit_multiplier=self.config.mup_output_multiplier)
         if labels is not None and not self.parallel_output:
             raise ValueError("GPTModel computes the loss from vocab-parallel logits; use parallel_output=True with labels")
         return logits_or_loss(logits, labels, self.fp16_lm_cross_entropy, self.pg, self.label_smoothing)

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from megatron.core import mup
 from megatron.core.parallel_state import ProcessGroups, get_process_groups
 from megatron.core.tensor_parallel import (
     ColumnParallelLinear,
@@ -31,12 +32,16 @@ from megatron.core.transformer import (
 )
 
 
-def replicated_linear(in_features: int, out_features: int, config: TransformerConfig) -> nn.Linear:
-    """An unpartitioned linear layer (pooler, heads), initialised like the rest of the model."""
+def replicated_linear(in_features: int, out_features: int, config: TransformerConfig,
+                      mup_base_fan_in: Optional[int] = None) -> nn.Linear:
+    """An unpartitioned linear layer (pooler, heads), initialised like the rest of the model;
+    ``mup_base_fan_in`` marks a μP hidden matrix (``core/mup.py``)."""
     layer = nn.Linear(in_features, out_features, dtype=config.params_dtype)
+    init_method, lr_mult = mup.hidden_matrix_rule(config.init_method, in_features, mup_base_fan_in)
     with torch.no_grad():
-        config.init_method(layer.weight)
+        init_method(layer.weight)
         layer.bias.zero_()
+    mup.set_lr_mult(layer.weight, lr_mult)
     return layer
 
 
@@ -99,7 +104,8 @@ class Pooler(nn.Module):
         super().__init__()
         self.pg = pg
         self.sequence_parallel = config.sequence_parallel and pg.tensor_model_parallel_size > 1
-        self.dense = replicated_linear(config.hidden_size, config.hidden_size, config)
+        self.dense = replicated_linear(config.hidden_size, config.hidden_size, config,
+                                       mup_base_fan_in=config.mup_base_fan_in("hidden"))
 
     def forward(self, hidden_states: torch.Tensor, sequence_index: int = 0) -> torch.Tensor:
         if self.sequence_parallel:
@@ -109,8 +115,14 @@ class Pooler(nn.Module):
 
 
 def parallel_lm_logits(input_: torch.Tensor, word_embeddings_weight: torch.Tensor, parallel_output: bool,
-                       pg: ProcessGroups, sequence_parallel: bool, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Logits against the (vocab-parallel) word embeddings: ``[s, b, v / tp]`` or gathered ``[s, b, v]``."""
+                       pg: ProcessGroups, sequence_parallel: bool, bias: Optional[torch.Tensor] = None,
+                       logit_multiplier: float = 1.0) -> torch.Tensor:
+    """Logits against the (vocab-parallel) word embeddings: ``[s, b, v / tp]`` or gathered ``[s, b, v]``.
+
+    ``logit_multiplier`` scales the input before the projection (not the bias), as μP's readout
+    does; models pass ``config.mup_output_multiplier``."""
+    if logit_multiplier != 1.0:
+        input_ = input_ * logit_multiplier
     if sequence_parallel and pg.tensor_model_parallel_size > 1:
         input_parallel = gather_from_sequence_parallel_region(input_, pg.tp, tensor_parallel_output_grad=True)
     else:

@@ -39,7 +39,8 @@ class T5LMHead(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor, word_embeddings_weight: torch.Tensor) -> torch.Tensor:
         return parallel_lm_logits(hidden_states, word_embeddings_weight, self.parallel_output, self.pg,
-                                  self.config.sequence_parallel, bias=self.bias)
+                                  self.config.sequence_parallel, bias=self.bias,
+                                  logit_multiplier=self.config.mup_output_multiplier)
 
 
 class T5Model(LanguageModule):

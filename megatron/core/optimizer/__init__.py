@@ -4,6 +4,7 @@ from typing import Callable, Dict, List, Optional, Set
 
 import torch
 
+from megatron.core import mup
 from megatron.core.optimizer.config import OptimizerConfig
 from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
 from megatron.core.optimizer.grad_scaler import ConstantGradScaler, DynamicGradScaler
@@ -27,7 +28,12 @@ def get_param_groups(model_chunks: List[torch.nn.Module], no_weight_decay_cond: 
                      scale_lr_cond: Optional[Callable] = None, lr_mult: float = 1.0) -> List[Dict]:
     """Megatron's groups: biases and 1-D parameters (LayerNorm) get no weight decay; parameters
     selected by ``scale_lr_cond(name, param)`` get ``lr_mult``. The scheduler multiplies its values by
-    each group's ``wd_mult`` / ``lr_mult``."""
+    each group's ``wd_mult`` / ``lr_mult``.
+
+    μP hidden matrices (``core/mup.py``) carry a learning-rate multiplier of their own, multiplied
+    into their group's ``lr_mult``; each distinct multiplier is a group, ordered by decreasing
+    multiplier after Megatron's order, so the same model always yields the same groups (which a
+    checkpoint's optimizer state is matched against)."""
     buckets: Dict[tuple, List[torch.nn.Parameter]] = {}
     seen = set()
     for chunk in model_chunks:
@@ -40,13 +46,13 @@ def get_param_groups(model_chunks: List[torch.nn.Module], no_weight_decay_cond: 
             else:
                 no_wd = name.endswith(".bias") or param.dim() == 1
             scale_lr = bool(scale_lr_cond(name, param)) if scale_lr_cond is not None else False
-            key = (0.0 if no_wd else 1.0, lr_mult if scale_lr else 1.0)
+            key = (0.0 if no_wd else 1.0, lr_mult if scale_lr else 1.0, mup.lr_mult(param))
             buckets.setdefault(key, []).append(param)
-    order = [(1.0, 1.0), (1.0, lr_mult), (0.0, 1.0), (0.0, lr_mult)]
+    megatron_order = {key: rank for rank, key in enumerate(dict.fromkeys(
+        [(1.0, 1.0), (1.0, lr_mult), (0.0, 1.0), (0.0, lr_mult)]))}
     groups = []
-    for key in dict.fromkeys(order):
-        if key in buckets:
-            groups.append({"params": buckets[key], "wd_mult": key[0], "lr_mult": key[1]})
+    for key in sorted(buckets, key=lambda k: (megatron_order[k[:2]], -k[2])):
+        groups.append({"params": buckets[key], "wd_mult": key[0], "lr_mult": key[1] * key[2]})
     return groups
 
 
@@ -86,6 +92,9 @@ def get_megatron_optimizer(config: OptimizerConfig, model_chunks: List[torch.nn.
     groups = get_param_groups(model_chunks, no_weight_decay_cond, scale_lr_cond, lr_mult)
     if not groups:
         raise ValueError("get_megatron_optimizer: the model chunks have no trainable parameters")
+    if config.optimizer != "adam" and any(mup.lr_mult(p) != 1.0 for g in groups for p in g["params"]):
+        raise ValueError(f"the model is μP (use_mup) and its learning-rate rule is Adam's; optimizer "
+                         f"{config.optimizer!r} needs other multipliers")
     duplicates = tied_duplicate_params(model_chunks, pg)
     grad_scaler = None
     if config.fp16:

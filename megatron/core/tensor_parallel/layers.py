@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from megatron.core import mup
 from megatron.core.parallel_state import ProcessGroups, get_process_groups
 from megatron.core.tensor_parallel.mappings import (
     copy_to_tensor_model_parallel_region,
@@ -69,13 +70,14 @@ class ColumnParallelLinear(nn.Module):
     ``gather_output`` all-gathers the slices; otherwise the output stays partitioned for a
     following row-parallel layer. With ``skip_bias_add`` the bias is returned instead of added,
     so it can be fused into the next operation. Under sequence parallelism the input arrives
-    split along the sequence and is all-gathered here.
+    split along the sequence and is all-gathered here. ``mup_base_fan_in`` marks a μP hidden
+    matrix (``core/mup.py``): its base model's fan-in, compared with the full ``input_size``.
     """
 
     def __init__(self, input_size: int, output_size: int, *, config, init_method: Callable,
                  bias: bool = True, gather_output: bool = False, skip_bias_add: bool = False,
                  stride: int = 1, skip_weight_param_allocation: bool = False,
-                 pg: Optional[ProcessGroups] = None):
+                 pg: Optional[ProcessGroups] = None, mup_base_fan_in: Optional[int] = None):
         super().__init__()
         self.pg = pg if pg is not None else get_process_groups()
         world = self.pg.tensor_model_parallel_size
@@ -92,8 +94,10 @@ class ColumnParallelLinear(nn.Module):
             self.weight = None
         else:
             self.weight = nn.Parameter(torch.empty(self.output_size_per_partition, input_size, dtype=config.params_dtype))
+            init_method, lr_mult = mup.hidden_matrix_rule(init_method, input_size, mup_base_fan_in)
             _initialize_partitioned_weight(self.weight, (output_size, input_size), 0, init_method, self.pg,
                                            config.use_cpu_initialization, stride)
+            mup.set_lr_mult(self.weight, lr_mult)
         if bias:
             self.bias = nn.Parameter(torch.zeros(self.output_size_per_partition, dtype=config.params_dtype))
             set_tensor_model_parallel_attributes(self.bias, world > 1, 0, stride)
@@ -121,11 +125,12 @@ class RowParallelLinear(nn.Module):
 
     The partial products are summed across ranks (all-reduce, or reduce-scatter along the
     sequence under sequence parallelism). The bias is not split and is added once, after the sum.
+    ``mup_base_fan_in``: as for ``ColumnParallelLinear`` (the full, unsplit input size is the fan-in).
     """
 
     def __init__(self, input_size: int, output_size: int, *, config, init_method: Callable,
                  bias: bool = True, input_is_parallel: bool = False, skip_bias_add: bool = False,
-                 stride: int = 1, pg: Optional[ProcessGroups] = None):
+                 stride: int = 1, pg: Optional[ProcessGroups] = None, mup_base_fan_in: Optional[int] = None):
         super().__init__()
         self.pg = pg if pg is not None else get_process_groups()
         world = self.pg.tensor_model_parallel_size
@@ -139,8 +144,10 @@ class RowParallelLinear(nn.Module):
         if self.sequence_parallel and not input_is_parallel:
             raise ValueError("RowParallelLinear needs input_is_parallel=True under sequence_parallel")
         self.weight = nn.Parameter(torch.empty(output_size, self.input_size_per_partition, dtype=config.params_dtype))
+        init_method, lr_mult = mup.hidden_matrix_rule(init_method, input_size, mup_base_fan_in)
         _initialize_partitioned_weight(self.weight, (output_size, input_size), 1, init_method, self.pg,
                                        config.use_cpu_initialization, stride)
+        mup.set_lr_mult(self.weight, lr_mult)
         if bias:
             self.bias = nn.Parameter(torch.zeros(output_size, dtype=config.params_dtype))
             self.bias.sequence_parallel = self.sequence_parallel

@@ -79,6 +79,18 @@ class TransformerConfig:
     """dtype of activations sent between stages; defaults to params_dtype."""
     deallocate_pipeline_outputs: bool = True
     """Free a stage's output tensor after sending it (only the autograd graph is kept)."""
+    # Maximal-update parametrisation (megatron/core/mup.py).
+    use_mup: bool = False
+    """μP (Yang et al., Tensor Programs V): hidden matrices start at std / sqrt(fan-in multiplier) and
+    learn at lr x base fan-in / fan-in under Adam, the logits are multiplied by base / hidden size and
+    attention scores are scaled by sqrt(base head size) / head size (1 / d_head, equal to 1 / sqrt(d_head)
+    at the base width). At the base width the model is the standard one, weight for weight."""
+    mup_base_hidden_size: Optional[int] = None
+    """Hidden size of the μP base model (the width the hyper-parameters were tuned at)."""
+    mup_base_num_attention_heads: Optional[int] = None
+    """Heads of the base model; defaults to num_attention_heads (width grows the head size)."""
+    mup_base_ffn_hidden_size: Optional[int] = None
+    """MLP width of the base model; defaults to ffn_hidden_size x mup_base_hidden_size / hidden_size."""
 
     def __post_init__(self):
         for name in ("num_layers", "hidden_size", "num_attention_heads"):
@@ -131,6 +143,61 @@ class TransformerConfig:
             self.output_layer_init_method = scaled_init_method_normal(self.init_method_std, self.num_layers)
         if self.pipeline_dtype is None:
             self.pipeline_dtype = self.params_dtype
+        self._derive_mup_base()
+
+    def _derive_mup_base(self) -> None:
+        """The base model's sizes, derived from this model's as the base hidden size is from hidden_size."""
+        self.mup_base_kv_channels = self.mup_base_num_query_groups = None
+        if not self.use_mup:
+            for name in ("mup_base_hidden_size", "mup_base_num_attention_heads", "mup_base_ffn_hidden_size"):
+                if getattr(self, name) is not None:
+                    raise ValueError(f"TransformerConfig.{name} needs use_mup")
+            return
+        if self.mup_base_hidden_size is None or self.mup_base_hidden_size < 1:
+            raise ValueError(f"use_mup needs mup_base_hidden_size >= 1, got {self.mup_base_hidden_size}")
+        if self.mup_base_num_attention_heads is None:
+            self.mup_base_num_attention_heads = self.num_attention_heads
+        heads, base_heads = self.num_attention_heads, self.mup_base_num_attention_heads
+        if base_heads < 1:
+            raise ValueError(f"mup_base_num_attention_heads must be >= 1, got {base_heads}")
+        if self.mup_base_ffn_hidden_size is None:
+            if (self.ffn_hidden_size * self.mup_base_hidden_size) % self.hidden_size != 0:
+                raise ValueError(
+                    f"ffn_hidden_size {self.ffn_hidden_size} x mup_base_hidden_size {self.mup_base_hidden_size} is not "
+                    f"divisible by hidden_size {self.hidden_size}; set mup_base_ffn_hidden_size")
+            self.mup_base_ffn_hidden_size = self.ffn_hidden_size * self.mup_base_hidden_size // self.hidden_size
+        # Head size scales like hidden size / heads; query groups like the heads.
+        kv_num = self.kv_channels * self.mup_base_hidden_size * heads
+        if kv_num % (self.hidden_size * base_heads) != 0:
+            raise ValueError(f"the base head size kv_channels {self.kv_channels} x mup_base_hidden_size "
+                             f"{self.mup_base_hidden_size} / hidden_size {self.hidden_size} x heads {heads} / base heads "
+                             f"{base_heads} is not a whole number")
+        self.mup_base_kv_channels = kv_num // (self.hidden_size * base_heads)
+        if (self.num_query_groups * base_heads) % heads != 0:
+            raise ValueError(f"num_query_groups {self.num_query_groups} x mup_base_num_attention_heads {base_heads} is "
+                             f"not divisible by num_attention_heads {heads}")
+        self.mup_base_num_query_groups = self.num_query_groups * base_heads // heads
+        if self.mup_base_kv_channels < 1 or self.mup_base_num_query_groups < 1 or self.mup_base_ffn_hidden_size < 1:
+            raise ValueError("the μP base model has a zero size (base head size, query groups or MLP width)")
+
+    @property
+    def mup_width_mult(self) -> float:
+        """hidden_size / mup_base_hidden_size (1 without μP)."""
+        return self.hidden_size / self.mup_base_hidden_size if self.use_mup else 1.0
+
+    @property
+    def mup_output_multiplier(self) -> float:
+        """What readouts (LM logits, classification heads) multiply their input by: 1 / width multiplier."""
+        return 1.0 / self.mup_width_mult
+
+    def mup_base_fan_in(self, which: str) -> Optional[int]:
+        """Fan-in in the base model of a hidden matrix reading ``which`` (``hidden``, ``attention``
+        (the heads' concatenated values) or ``ffn``); None without μP."""
+        if not self.use_mup:
+            return None
+        return {"hidden": self.mup_base_hidden_size,
+                "attention": self.mup_base_kv_channels * self.mup_base_num_attention_heads,
+                "ffn": self.mup_base_ffn_hidden_size}[which]
 
     def validate_layout(self, tensor_model_parallel_size: int) -> None:
         """Constraints between this config and a tensor-parallel size (pipeline ones live in the block)."""

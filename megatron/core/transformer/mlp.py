@@ -25,10 +25,12 @@ class ParallelMLP(nn.Module):
         gated = 2 if config.swiglu else 1
         self.dense_h_to_4h = ColumnParallelLinear(
             config.hidden_size, gated * config.ffn_hidden_size, config=config, init_method=config.init_method,
-            bias=config.add_bias_linear, skip_bias_add=True, stride=gated, pg=pg)
+            bias=config.add_bias_linear, skip_bias_add=True, stride=gated, pg=pg,
+            mup_base_fan_in=config.mup_base_fan_in("hidden"))
         self.dense_4h_to_h = RowParallelLinear(
             config.ffn_hidden_size, config.hidden_size, config=config, init_method=config.output_layer_init_method,
-            bias=config.add_bias_linear, input_is_parallel=True, skip_bias_add=True, pg=pg)
+            bias=config.add_bias_linear, input_is_parallel=True, skip_bias_add=True, pg=pg,
+            mup_base_fan_in=config.mup_base_fan_in("ffn"))
 
     def forward(self, hidden_states: torch.Tensor):
         intermediate, bias = self.dense_h_to_4h(hidden_states)  # [s, b, ffn / tp] (x 2 with SwiGLU)
