@@ -95,14 +95,33 @@ def model_provider(pre_process=True, post_process=True):
 _TOWERS = ("query_model.", "shared_model.")
 
 
+def retriever_weights(loaded: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """A checkpoint's biencoder weights under the query-only ``BiEncoderModel``'s names: ICT
+    checkpoints name them so already; REALM and ORQA checkpoints put them under ``retriever.``."""
+    if any(k.startswith("retriever.") for k in loaded):
+        return {k[len("retriever."):]: v for k, v in loaded.items() if k.startswith("retriever.")}
+    return dict(loaded)
+
+
+def reader_weights(loaded: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """A checkpoint's BERT encoder (and ORQA span head) under ``SpanReader``'s names: BERT checkpoints
+    as they are, REALM/ORQA under ``reader.``, ICT a tower's encoder; pooler and LM/binary heads dropped."""
+    for prefix in ("reader.", *_TOWERS):
+        if any(k.startswith(prefix + "language_model.") for k in loaded):
+            loaded = {k[len(prefix):]: v for k, v in loaded.items() if k.startswith(prefix)}
+            break
+    return {k: v for k, v in loaded.items()
+            if (k.startswith("language_model.") and not k.startswith("language_model.pooler."))
+            or k.startswith("span_head.")}
+
+
 def load_retriever(core, load_dir: str, args, pg) -> None:
     """The query tower from an ICT (``query_model.``/``shared_model.``), REALM or ORQA (``retriever.``) checkpoint."""
     from megatron.checkpointing import CheckpointError
     from megatron.retrieval.biencoder_setup import _shape_hint, compare_state, read_checkpoint_weights
 
     loaded, saved = read_checkpoint_weights(load_dir, "--retriever-load", args, pg)
-    if any(k.startswith("retriever.") for k in loaded):
-        loaded = {k[len("retriever."):]: v for k, v in loaded.items() if k.startswith("retriever.")}
+    loaded = retriever_weights(loaded)
     expected = core.retriever.state_dict()
     problems = compare_state(expected, loaded, ignore_prefixes=("context_model.",))
     if problems:
@@ -119,13 +138,7 @@ def load_reader(core, load_dir: str, args, pg) -> None:
     from megatron.retrieval.biencoder_setup import _clip, compare_state, read_checkpoint_weights
 
     loaded, _ = read_checkpoint_weights(load_dir, "--reader-load", args, pg)
-    for prefix in ("reader.", *_TOWERS):
-        if any(k.startswith(prefix + "language_model.") for k in loaded):
-            loaded = {k[len(prefix):]: v for k, v in loaded.items() if k.startswith(prefix)}
-            break
-    weights = {k: v for k, v in loaded.items()
-               if (k.startswith("language_model.") and not k.startswith("language_model.pooler."))
-               or k.startswith("span_head.")}
+    weights = reader_weights(loaded)
     if not any(k.startswith("language_model.") for k in weights):
         raise CheckpointError(f"--reader-load {load_dir}: no BERT encoder weights (it holds {_clip(sorted(loaded))})")
     expected = core.reader.state_dict()

@@ -190,3 +190,74 @@ def test_frozen_evidence_gets_no_gradient_and_its_store_keeps_its_bytes(tmp_path
     assert model.reader.span_head.weight.grad.abs().sum() > 0
     del loaded
     assert _digest(path) == before
+
+
+# -- starting weights from REALM, BERT and ICT checkpoints -------------------------------------------
+def _config():
+    return TransformerConfig(num_layers=1, hidden_size=32, num_attention_heads=4, hidden_dropout=0.0,
+                             attention_dropout=0.0, init_seed=9)
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_realm_and_ict_weights_map_onto_the_orqa_model(shared):
+    from megatron.core.models.biencoder import BiEncoderModel
+    from megatron.core.models.realm import REALMModel
+    from tasks.orqa.finetune import reader_weights, retriever_weights
+
+    realm = REALMModel(_config(), 64, 32, projection_dim=8, shared_query_context_model=shared)
+    orqa = ORQAModel(_config(), 64, 32, projection_dim=8, shared_query_context_model=shared, max_span_width=3)
+    flat = realm.state_dict()
+    retriever = {k: v for k, v in retriever_weights(flat).items() if not k.startswith("context_model.")}
+    orqa.retriever.load_state_dict(retriever, strict=True)
+    reader = reader_weights(flat)
+    want = {k for k in orqa.reader.state_dict() if not k.startswith("span_head.")}
+    assert set(reader) == want  # the LM head is dropped, the span head is new
+    orqa.reader.load_state_dict(reader, strict=False)
+    torch.testing.assert_close(orqa.reader.language_model.embedding.word_embeddings.weight,
+                               realm.reader.language_model.embedding.word_embeddings.weight)
+    # An ICT checkpoint: the query tower by name, and its encoder as a reader.
+    ict = BiEncoderModel(_config(), 64, 32, projection_dim=8, shared_query_context_model=shared).state_dict()
+    assert set(reader_weights(ict)) == want
+    orqa.retriever.load_state_dict({k: v for k, v in retriever_weights(ict).items()
+                                    if not k.startswith("context_model.")}, strict=True)
+
+
+def test_bert_weights_map_onto_the_reader():
+    from megatron.core.models.bert import BertModel
+    from tasks.orqa.finetune import reader_weights
+
+    bert = BertModel(_config(), 64, 32, num_tokentypes=2, add_binary_head=True).state_dict()
+    orqa = ORQAModel(_config(), 64, 32, max_span_width=3)
+    assert set(reader_weights(bert)) == {k for k in orqa.reader.state_dict() if not k.startswith("span_head.")}
+
+
+# -- the demo questions ------------------------------------------------------------------------------
+def test_demo_questions_are_answered_by_their_source_passage(tmp_path):
+    import json
+
+    from megatron.retrieval.evidence import EvidenceDataset, read_qa_file
+    from megatron.retrieval.qa_validation import has_answer
+    from megatron.tokenizer.bert import BertWordPieceLowerCase
+    from megatron.tokenizer import bert_uncased_vocab_path
+    from tools.make_orqa_demo_questions import main as make_questions
+
+    corpus = tmp_path / "corpus.json"
+    docs = [{"title": f"Topic {d}", "text": " ".join(
+        f"The module number {d} calls the helper_{d}_{s} function when Python {s + d} starts. "
+        f"Another sentence mentions Copenhagen and {1000 + s} values for testing here." for s in range(6))}
+        for d in range(5)]
+    corpus.write_text("".join(json.dumps(doc) + "\n" for doc in docs), encoding="utf-8")
+    out = tmp_path / "qa"
+    make_questions(["--input", str(corpus), "--output-dir", str(out), "--passage-words", "30",
+                    "--num-questions", "12", "--split", "50,25,25"])
+    evidence = EvidenceDataset(str(out / "evidence.tsv"), BertWordPieceLowerCase(bert_uncased_vocab_path()), 64)
+    total = 0
+    for split in ("train", "dev", "test"):
+        questions, answers = read_qa_file(str(out / f"{split}.tsv"))
+        sources = [int(x) for x in (out / f"{split}_source_passages.txt").read_text().split()]
+        assert len(questions) == len(answers) == len(sources)
+        for question, answer, source in zip(questions, answers, sources):
+            assert has_answer(answer, evidence.passage(source)[0])
+            assert "what" in question.lower() and not has_answer(answer, question)
+        total += len(questions)
+    assert total == 12
