@@ -75,6 +75,10 @@ def test_fine_tuning_takes_warmup_fraction_and_derives_the_length_from_epochs(ca
         parse(MODEL + " --lr 1e-5 --lr-warmup-samples 10", training_schedule="epochs")
     with pytest.raises(ValueError, match="mutually exclusive"):
         parse(race + " --lr-warmup-iters 2", training_schedule="epochs")
+    # Fine-tuning saves improvements, at no interval: --save alone is enough.
+    assert parse(race + " --save /nonexistent/ft", training_schedule="epochs").save == "/nonexistent/ft"
+    with pytest.raises(ValueError, match="needs --save-interval"):
+        parse(MODEL + " --train-iters 4 --lr 1e-5 --save /nonexistent/pt")
     args = parse(MODEL + " --lr 1e-5 --lr-warmup-iters 40", training_schedule="epochs")
     args.epochs = 3
     with pytest.raises(ValueError, match="--lr-warmup-iters 40 exceeds the 36 iterations"):
