@@ -1,5 +1,6 @@
 """Shared helpers for the training functional tests (no tests here): the demo data, prepared once
 per process, running the pretrain scripts under ``torchrun`` and parsing their iteration lines."""
+import json
 import os
 import re
 import subprocess
@@ -80,7 +81,16 @@ def gpt_args(data: str, *extra: str, train_iters: Optional[int] = 10, layers: in
 
 def run_script(script: str, args: List[str], nproc: int = 1, timeout: float = 300, env: Optional[dict] = None,
                check: bool = True, launcher: str = "torchrun") -> subprocess.CompletedProcess:
-    """``python SCRIPT ARGS`` (nproc 1) or under ``torchrun --standalone --nproc_per_node N``."""
+    """``python SCRIPT ARGS`` (nproc 1) or under ``torchrun --standalone --nproc_per_node N``.
+
+    Pretraining scripts also get ``--log-json`` (unless the test gives its own); the records come
+    back on ``result.stdout.records``, and ``parse_iterations``/``losses`` read them instead of the
+    text lines."""
+    json_log = None
+    if os.path.basename(script).startswith("pretrain_") and "--log-json" not in args and "--dry-run" not in args:
+        handle, json_log = tempfile.mkstemp(prefix="metrics_", suffix=".jsonl")
+        os.close(handle)
+        args = [*args, "--log-json", json_log]
     full_env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     full_env.update(env or {})
     if nproc == 1 and launcher == "torchrun":
@@ -91,7 +101,14 @@ def run_script(script: str, args: List[str], nproc: int = 1, timeout: float = 30
     else:
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
                    os.path.join(REPO, script), *args]
-    result = subprocess.run(command, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout)
+    try:
+        result = subprocess.run(command, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout)
+        if json_log is not None:
+            with open(json_log, encoding="utf-8") as f:
+                result.stdout = LoggedStdout(result.stdout, [json.loads(line) for line in f if line.strip()])
+    finally:
+        if json_log is not None:
+            os.unlink(json_log)
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(command[:6])} ... exited {result.returncode}\n"
                              f"stdout tail:\n{result.stdout[-3000:]}\nstderr tail:\n{result.stderr[-5000:]}")
@@ -106,8 +123,37 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+class LoggedStdout(str):
+    """A run's standard output that also carries its ``--log-json`` records."""
+
+    def __new__(cls, text: str, records: List[dict]):
+        value = super().__new__(cls, text)
+        value.records = records
+        return value
+
+
+def _record_fields(record: dict) -> Dict[str, float]:
+    """A --log-json iteration record under the names of the iteration line's fields."""
+    fields = {"consumed samples": record["consumed_samples"], "learning rate": record["learning_rate"],
+              "elapsed time per iteration (ms)": record["elapsed_ms_per_iteration"],
+              "global batch size": record["global_batch_size"], "loss scale": record["loss_scale"],
+              "number of skipped iterations": record["skipped_iterations"],
+              "number of nan iterations": record["nan_iterations"], "TFLOP/s per GPU": record["tflops_per_gpu"],
+              **record["losses"]}
+    for key, name in (("grad_norm", "grad norm"), ("num_zeros", "num zeros"), ("params_norm", "params norm")):
+        if record.get(key) is not None:
+            fields[name] = record[key]
+    if record.get("mfu") is not None:
+        fields["MFU"] = 100.0 * record["mfu"]
+    return fields
+
+
 def parse_iterations(stdout: str) -> Dict[int, Dict[str, float]]:
-    """{iteration: {field: value}} from the Megatron-style iteration lines."""
+    """{iteration: {field: value}}: from the run's --log-json records when it has them, else from the
+    Megatron-style iteration lines (e.g. the output of an example script)."""
+    records = [r for r in getattr(stdout, "records", []) if r["kind"] == "iteration"]
+    if records:
+        return {r["iteration"]: _record_fields(r) for r in records}
     result = {}
     for match in ITERATION_RE.finditer(stdout):
         fields = {}
