@@ -65,6 +65,9 @@ DEFAULT_LAYOUTS = [
     (("TP4-hidden-dropout", 4, 1, None, None), {"hidden_dropout": 0.2}, build_bert),
     (("PP4", 1, 4, None, None), {}, build_bert),
     (("TP2xPP2", 2, 2, None, None), {}, build_bert),
+    # muP (issue 20): LM-head and binary-head readout multipliers, pooler, 1/d_head attention.
+    (("TP2-SP-mup", 2, 1, None, None), {"sequence_parallel": True, "use_mup": True, "mup_base_hidden_size": 16},
+     build_bert),
 ]
 
 

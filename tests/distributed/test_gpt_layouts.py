@@ -56,6 +56,8 @@ DEFAULT_LAYOUTS = [
     # same order as one process, so without sequence parallelism the masks match exactly.
     (("TP2-hidden-dropout", 2, 1, None, None), {"hidden_dropout": 0.2}),
     (("TP4-hidden-dropout-recompute", 4, 1, None, None), {"hidden_dropout": 0.2, **RECOMPUTE_UNIFORM}),
+    # muP (issue 20): readout and attention multipliers, sharded hidden matrices, tied head on the last stage.
+    (("TP2xPP2-SP-mup", 2, 2, None, None), {"sequence_parallel": True, "use_mup": True, "mup_base_hidden_size": 16}),
 ]
 
 EIGHT_RANK_LAYOUTS = [
