@@ -12,6 +12,8 @@
 #   7. a table: test exact match and recall@5 of both.
 # Everything goes under $DEMO_DIR (default ./demo); sizes are environment overrides.
 set -euo pipefail
+# The interpreter to run (its torch and this package): PYTHON=/path/to/venv/bin/python to choose one.
+PYTHON=${PYTHON:-python3}
 cd "$(dirname "$0")/.."
 DEMO_DIR=${DEMO_DIR:-demo}
 WORKERS=${WORKERS:-2}
@@ -31,7 +33,7 @@ BEAM=${BEAM:-5}
 LR=${LR:-5e-4}
 CKPT="$DEMO_DIR/checkpoints"
 QA="$DEMO_DIR/orqa"
-VOCAB=$(python -c "from megatron.tokenizer import bert_uncased_vocab_path; print(bert_uncased_vocab_path())")
+VOCAB=$("$PYTHON" -c "from megatron.tokenizer import bert_uncased_vocab_path; print(bert_uncased_vocab_path())")
 BODY="$DEMO_DIR/bert_text_sentence"
 TITLES="$DEMO_DIR/bert_title_sentence"
 # The reader reads [CLS] question [SEP] title [SEP] passage [SEP]: QUESTION_SEQ + BLOCK_SEQ - 1 positions.
@@ -45,11 +47,11 @@ fi
 rm -rf "$CKPT/orqa_bert" "$CKPT/orqa_ict" "$CKPT/orqa" "$CKPT/orqa_random" "$QA/blocks" "$QA/blocks.provenance.json"
 
 echo "== 2. evidence passages and questions"
-python tools/make_orqa_demo_questions.py --input "$DEMO_DIR/corpus.json" --output-dir "$QA" \
+"$PYTHON" tools/make_orqa_demo_questions.py --input "$DEMO_DIR/corpus.json" --output-dir "$QA" \
     --passage-words "$PASSAGE_WORDS" --num-questions "$NUM_QUESTIONS"
 
 echo "== 3a. BERT pretraining ($BERT_ITERS iterations)"
-python pretrain_bert.py $MODEL --seq-length "$POSITIONS" \
+"$PYTHON" pretrain_bert.py $MODEL --seq-length "$BLOCK_SEQ" \
     --micro-batch-size "$BATCH" --global-batch-size "$BATCH" --train-iters "$BERT_ITERS" \
     --data-path "$BODY" --vocab-file "$VOCAB" --split 98,1,1 \
     --lr 1e-3 --min-lr 1e-4 --lr-decay-style linear --lr-warmup-fraction .05 --weight-decay 1e-2 --clip-grad 1.0 \
@@ -57,7 +59,7 @@ python pretrain_bert.py $MODEL --seq-length "$POSITIONS" \
     --save "$CKPT/orqa_bert" --save-interval 100000
 
 echo "== 3b. ICT pretraining from the BERT ($ICT_ITERS iterations)"
-python pretrain_ict.py $MODEL $RETRIEVER --seq-length "$BLOCK_SEQ" \
+"$PYTHON" pretrain_ict.py $MODEL $RETRIEVER --seq-length "$BLOCK_SEQ" \
     --micro-batch-size "$BATCH" --global-batch-size "$BATCH" --train-iters "$ICT_ITERS" \
     --bert-load "$CKPT/orqa_bert" --save "$CKPT/orqa_ict" --save-interval 100000 \
     --data-path "$BODY" --titles-data-path "$TITLES" --vocab-file "$VOCAB" --split 98,1,1 \
@@ -65,7 +67,7 @@ python pretrain_ict.py $MODEL $RETRIEVER --seq-length "$BLOCK_SEQ" \
     --query-in-block-prob 0.1 --log-interval 50 --eval-interval 100000 --eval-iters 5 --num-workers 0
 
 echo "== 4. frozen evidence embeddings"
-python tools/create_doc_index.py $MODEL $RETRIEVER --seq-length "$BLOCK_SEQ" --micro-batch-size "$BATCH" \
+"$PYTHON" tools/create_doc_index.py $MODEL $RETRIEVER --seq-length "$BLOCK_SEQ" --micro-batch-size "$BATCH" \
     --ict-load "$CKPT/orqa_ict" --evidence-data-path "$QA/evidence.tsv" --retriever-seq-length "$BLOCK_SEQ" \
     --vocab-file "$VOCAB" --block-data-path "$QA/blocks" --indexer-batch-size 64 --indexer-log-interval 50
 
@@ -80,17 +82,17 @@ TRAIN="--task ORQA $COMMON --global-batch-size $QA_BATCH --epochs $EPOCHS
     --log-interval 20 --save-interval 100000"
 
 echo "== 5. ORQA fine-tuning (top-$BEAM retrieved blocks, $EPOCHS epochs)"
-python tasks/main.py $TRAIN --save "$CKPT/orqa" | tee "$DEMO_DIR/orqa.log"
-python tasks/main.py --task ORQA-EVAL $COMMON --load "$CKPT/orqa" --qa-data-test "$QA/test.tsv" \
+"$PYTHON" tasks/main.py $TRAIN --save "$CKPT/orqa" | tee "$DEMO_DIR/orqa.log"
+"$PYTHON" tasks/main.py --task ORQA-EVAL $COMMON --load "$CKPT/orqa" --qa-data-test "$QA/test.tsv" \
     | tee "$DEMO_DIR/orqa_test.log"
 
 echo "== 6. the same reader on $BEAM random blocks"
-python tasks/main.py $TRAIN --orqa-random-retrieval --save "$CKPT/orqa_random" | tee "$DEMO_DIR/orqa_random.log"
-python tasks/main.py --task ORQA-EVAL $COMMON --orqa-random-retrieval --load "$CKPT/orqa_random" \
+"$PYTHON" tasks/main.py $TRAIN --orqa-random-retrieval --save "$CKPT/orqa_random" | tee "$DEMO_DIR/orqa_random.log"
+"$PYTHON" tasks/main.py --task ORQA-EVAL $COMMON --orqa-random-retrieval --load "$CKPT/orqa_random" \
     --qa-data-test "$QA/test.tsv" | tee "$DEMO_DIR/orqa_random_test.log"
 
 echo "== 7. held-out test questions"
-python - "$DEMO_DIR/orqa_test.log" "$DEMO_DIR/orqa_random_test.log" <<'EOF'
+"$PYTHON" - "$DEMO_DIR/orqa_test.log" "$DEMO_DIR/orqa_random_test.log" <<'EOF'
 import re
 import sys
 

@@ -14,6 +14,8 @@
 # Everything goes under $DEMO_DIR (default ./demo); sizes and lengths are environment overrides (the CI
 # test runs it with a few iterations).
 set -euo pipefail
+# The interpreter to run (its torch and this package): PYTHON=/path/to/venv/bin/python to choose one.
+PYTHON=${PYTHON:-python3}
 cd "$(dirname "$0")/.."
 DEMO_DIR=${DEMO_DIR:-demo}
 WORKERS=${WORKERS:-2}
@@ -33,7 +35,7 @@ REALM_LR=${REALM_LR:-3e-4}
 EVAL_ITERS=${EVAL_ITERS:-25}
 SPLIT=${SPLIT:-85,5,10}
 CKPT="$DEMO_DIR/checkpoints"
-VOCAB=$(python -c "from megatron.tokenizer import bert_uncased_vocab_path; print(bert_uncased_vocab_path())")
+VOCAB=$("$PYTHON" -c "from megatron.tokenizer import bert_uncased_vocab_path; print(bert_uncased_vocab_path())")
 BODY="$DEMO_DIR/bert_text_sentence"
 TITLES="$DEMO_DIR/bert_title_sentence"
 # The reader reads [CLS] query [SEP] title [SEP] block [SEP]: QUERY_SEQ + BLOCK_SEQ - 1 positions.
@@ -48,7 +50,7 @@ fi
 rm -rf "$CKPT/realm_bert" "$CKPT/realm_ict" "$CKPT/realm" "$CKPT/realm_no_retrieval" "$DEMO_DIR/realm_blocks"
 
 echo "== 2. BERT pretraining ($BERT_ITERS iterations)"
-python pretrain_bert.py $MODEL --seq-length "$POSITIONS" \
+"$PYTHON" pretrain_bert.py $MODEL --seq-length "$POSITIONS" \
     --micro-batch-size "$BATCH" --global-batch-size "$BATCH" --train-iters "$BERT_ITERS" \
     --data-path "$BODY" --vocab-file "$VOCAB" --split "$SPLIT" \
     --lr 1e-3 --min-lr 1e-4 --lr-decay-style linear --lr-warmup-fraction .05 --weight-decay 1e-2 --clip-grad 1.0 \
@@ -56,7 +58,7 @@ python pretrain_bert.py $MODEL --seq-length "$POSITIONS" \
     --save "$CKPT/realm_bert" --save-interval 100000
 
 echo "== 3. ICT pretraining from the BERT ($ICT_ITERS iterations)"
-python pretrain_ict.py $MODEL $RETRIEVER --seq-length "$BLOCK_SEQ" \
+"$PYTHON" pretrain_ict.py $MODEL $RETRIEVER --seq-length "$BLOCK_SEQ" \
     --micro-batch-size "$ICT_BATCH" --global-batch-size "$ICT_BATCH" --train-iters "$ICT_ITERS" \
     --bert-load "$CKPT/realm_bert" --save "$CKPT/realm_ict" --save-interval 100000 \
     --data-path "$BODY" --titles-data-path "$TITLES" --vocab-file "$VOCAB" --split "$SPLIT" \
@@ -64,7 +66,7 @@ python pretrain_ict.py $MODEL $RETRIEVER --seq-length "$BLOCK_SEQ" \
     --query-in-block-prob 0.1 --log-interval 50 --eval-interval 100000 --eval-iters 5 --num-workers 0
 
 echo "== 4. block embedding index of the whole corpus"
-python tools/create_doc_index.py $MODEL $RETRIEVER --seq-length "$BLOCK_SEQ" --micro-batch-size "$BATCH" \
+"$PYTHON" tools/create_doc_index.py $MODEL $RETRIEVER --seq-length "$BLOCK_SEQ" --micro-batch-size "$BATCH" \
     --ict-load "$CKPT/realm_ict" --data-path "$BODY" --titles-data-path "$TITLES" --vocab-file "$VOCAB" \
     --block-data-path "$DEMO_DIR/realm_blocks" --indexer-batch-size 64 --indexer-log-interval 50
 
@@ -77,15 +79,15 @@ REALM_COMMON="$MODEL $RETRIEVER --seq-length $BLOCK_SEQ --query-seq-length $QUER
     --log-interval 25 --eval-interval 100000 --eval-iters $EVAL_ITERS --num-workers 0 --save-interval 100000"
 
 echo "== 5. REALM ($REALM_ITERS iterations, 8 candidates, index refreshed every $REFRESH iterations)"
-python pretrain_realm.py $REALM_COMMON --realm-num-candidates 8 --index-refresh-interval "$REFRESH" \
+"$PYTHON" pretrain_realm.py $REALM_COMMON --realm-num-candidates 8 --index-refresh-interval "$REFRESH" \
     --block-data-path "$DEMO_DIR/realm_blocks" --save "$CKPT/realm" | tee "$DEMO_DIR/realm.log"
 
 echo "== 6. the same BERT, same queries and steps, without retrieval"
-python pretrain_realm.py $REALM_COMMON --realm-num-candidates 1 --save "$CKPT/realm_no_retrieval" \
+"$PYTHON" pretrain_realm.py $REALM_COMMON --realm-num-candidates 1 --save "$CKPT/realm_no_retrieval" \
     | tee "$DEMO_DIR/realm_no_retrieval.log"
 
 echo "== 7. held-out masked-span accuracy (test documents, $EVAL_ITERS batches of $REALM_BATCH queries)"
-python - "$DEMO_DIR/realm.log" "$DEMO_DIR/realm_no_retrieval.log" <<'EOF'
+"$PYTHON" - "$DEMO_DIR/realm.log" "$DEMO_DIR/realm_no_retrieval.log" <<'EOF'
 import re
 import sys
 

@@ -12,6 +12,8 @@
 # Everything goes under $DEMO_DIR (default ./demo_retro); sizes are environment overrides (the CI test
 # runs it with a few dozen chunks and an exact index).
 set -euo pipefail
+# The interpreter to run (its torch and this package): PYTHON=/path/to/venv/bin/python to choose one.
+PYTHON=${PYTHON:-python3}
 cd "$(dirname "$0")/.."
 DEMO_DIR=${DEMO_DIR:-demo_retro}
 DOCS=${DOCS:-0}                     # keep only the first DOCS documents (0: all)
@@ -32,11 +34,11 @@ D=$DEMO_DIR
 
 if [ ! -f "$D/gpt2/merges.txt" ]; then
     echo "== 0. demo corpus and GPT-2 BPE"
-    python tools/make_demo_corpus.py --output "$D/corpus_full.json"
-    python tools/train_tokenizer.py --input "$D/corpus_full.json" --json-keys text \
+    "$PYTHON" tools/make_demo_corpus.py --output "$D/corpus_full.json"
+    "$PYTHON" tools/train_tokenizer.py --input "$D/corpus_full.json" --json-keys text \
         --tokenizer-type GPT2BPETokenizer --vocab-size 8000 --output-dir "$D/gpt2"
 fi
-python - "$D/corpus_full.json" "$D/corpus.json" "$DOCS" "$MAX_CHARS" <<'EOF'
+"$PYTHON" - "$D/corpus_full.json" "$D/corpus.json" "$DOCS" "$MAX_CHARS" <<'EOF'
 import json, sys
 src, dst, docs, max_chars = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 with open(src, encoding="utf-8") as f, open(dst, "w", encoding="utf-8") as g:
@@ -54,7 +56,7 @@ if [ -n "$FACTORY" ]; then FACTORY_FLAG="--faiss_factory=$FACTORY"; fi
 rm -f "$D"/shard*.index "$D"/knn_shard* "$D"/final.index* "$D"/knn_final.save
 
 echo "== 1. preprocess into a retmmap retrieval database"
-python tools/preprocess_data.py \
+"$PYTHON" tools/preprocess_data.py \
     --input="$D/corpus.json" \
     --json-keys=text \
     --tokenizer-library=megatron \
@@ -72,7 +74,7 @@ python tools/preprocess_data.py \
     --workers=$WORKERS
 
 echo "== 2. stage 0: train the index"
-python tools/retro/build_retrieval_index.py \
+"$PYTHON" tools/retro/build_retrieval_index.py \
     --input_file="$D/retro_db_text_document" \
     $TOK \
     --percent=1.0 \
@@ -87,7 +89,7 @@ python tools/retro/build_retrieval_index.py \
 
 echo "== 3. stage 1: add the chunks, $SHARDS shards"
 for ((shard = 0; shard < SHARDS; shard++)); do
-    python tools/retro/build_retrieval_index.py \
+    "$PYTHON" tools/retro/build_retrieval_index.py \
         --input_file="$D/retro_db_text_document" \
         $TOK \
         --percent=1.0 \
@@ -103,7 +105,7 @@ for ((shard = 0; shard < SHARDS; shard++)); do
 done
 
 echo "== 4. stage 2: merge the shards"
-python tools/retro/build_retrieval_index.py \
+"$PYTHON" tools/retro/build_retrieval_index.py \
     --stage=2 \
     --devices=0 \
     --learned_index="$D/pretrained_tree.index" \
@@ -112,7 +114,7 @@ python tools/retro/build_retrieval_index.py \
 
 echo "== 5. KNN map of the database onto itself, $SHARDS shards, then merged"
 for ((shard = 0; shard < SHARDS; shard++)); do
-    python tools/retro/build_knn_map_index.py \
+    "$PYTHON" tools/retro/build_knn_map_index.py \
         --input_file="$D/retro_db_text_document" \
         --faiss_index="$D/final.index" \
         $TOK \
@@ -130,12 +132,12 @@ for ((shard = 0; shard < SHARDS; shard++)); do
         --total_shards=$SHARDS \
         --output_file="$D/knn_shard${shard}.save"
 done
-python tools/retro/build_knn_map_index.py \
+"$PYTHON" tools/retro/build_knn_map_index.py \
     --stage=2 \
     --shard_index_input="$D/knn_shard" \
     --output_file="$D/knn_final.save"
 
-python - "$D/retro_db_text_document" "$D/knn_final.save" <<'EOF'
+"$PYTHON" - "$D/retro_db_text_document" "$D/knn_final.save" <<'EOF'
 import sys
 from megatron.core.datasets.knn_map import KNNMap
 from megatron.core.datasets.retro_indexed_dataset import RetrievalIndexedDataset

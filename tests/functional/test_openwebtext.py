@@ -127,7 +127,7 @@ def test_bad_input_is_one_line(tmp_path):
 def test_clean_corpus_example(tmp_path):
     from megatron.core.datasets.indexed_dataset import IndexedDataset
 
-    env = dict(os.environ, OUT_DIR=str(tmp_path / "out"), NUM_DOCS="2000", WORKERS="2")
+    env = dict(os.environ, OUT_DIR=str(tmp_path / "out"), NUM_DOCS="2000", WORKERS="2", PYTHON=sys.executable)
     result = subprocess.run(["bash", os.path.join(REPO, "examples", "clean_corpus.sh")], env=env,
                             capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -28,7 +28,7 @@ def run(*args, check=True):
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     out = tmp_path_factory.mktemp("retro_demo")
-    env = dict(os.environ, DEMO_DIR=str(out), DOCS="12", MAX_CHARS="450", CHUNK="32", STRIDE="32",
+    env = dict(os.environ, PYTHON=sys.executable, DEMO_DIR=str(out), DOCS="12", MAX_CHARS="450", CHUNK="32", STRIDE="32",
                TRAIN_INDEX_SIZE="40", FACTORY="Flat", SHARDS="2", K=str(K), MARGIN=str(MARGIN), BATCH="64",
                WORKERS="2")
     result = subprocess.run(["bash", os.path.join(REPO, "examples", "retro_data_demo.sh")], env=env,
