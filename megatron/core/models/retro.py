@@ -200,11 +200,11 @@ class RetroLanguageModel(nn.Module):
             rotary = self.rotary_pos_emb(n).to(device)
             # CCA query j of a chunk row is chunk position m-1+j against neighbour positions 0..2m-1
             # (the neighbour chunk aligned with the chunk it was retrieved for).
-            k = retrieved_ids.shape[2]
             cca_rotary = (self.rotary_pos_emb(m, offset=m - 1).to(device),
-                          self.rotary_pos_emb(2 * m).to(device).repeat(k, 1, 1, 1))
+                          self.rotary_pos_emb(2 * m).to(device).repeat(retrieved_ids.shape[2], 1, 1, 1))
         cca_mask = (retrieved_ids == self.retro.pad_id)  # [b, l, k, 2m]
-        cca_mask = cca_mask.reshape(cca_mask.shape[0] * cca_mask.shape[1], 1, 1, -1)  # [b*l, 1, 1, k*2m]
+        b, chunks, k, r = cca_mask.shape
+        cca_mask = cca_mask.reshape(b * chunks, 1, 1, k * r)  # [b*l, 1, 1, k*2m]
 
         def call(layer):
             if isinstance(layer, RetroCCALayer):

@@ -121,3 +121,39 @@ def test_refusals():
     tokens, retrieved = sample()
     with pytest.raises(ValueError, match="retrieved_ids has shape"):
         model(tokens, retrieved_ids=retrieved[:, :2])
+
+
+def test_greedy_generation_without_retrieval_equals_a_blanked_forward():
+    from megatron.text_generation.retro import generate_retro
+    from megatron.text_generation.sampling import SamplingParams
+
+    model = build().eval()
+    prompt = sample()[0][0, :5].tolist()
+    out = generate_retro(model, prompt, 10, SamplingParams(greedy=True), None, SEQ, vocab_size=VOCAB)
+    assert len(out) == 15
+    with torch.no_grad():
+        logits = model(torch.tensor([out]))  # retrieved_ids=None: blanked neighbours
+    assert logits[0, len(prompt) - 1:-1].argmax(-1).tolist() == out[len(prompt):]
+
+
+def test_generation_queries_each_completed_chunk_once_and_conditions_later_tokens():
+    from megatron.text_generation.retro import generate_retro
+    from megatron.text_generation.sampling import SamplingParams
+
+    model = build().eval()
+    queried = []
+    rows = torch.randint(1, VOCAB, (K, 2 * CHUNK), generator=torch.Generator().manual_seed(4)).numpy()
+
+    def retriever(chunk):
+        queried.append(list(chunk))
+        return rows
+
+    prompt = sample()[0][0, :3].tolist()
+    out = generate_retro(model, prompt, 10, SamplingParams(greedy=True), retriever, SEQ, vocab_size=VOCAB)
+    # The 12 tokens before the last step hold 3 complete chunks, each queried once when it completed.
+    assert len(out) == 13
+    assert queried == [out[0:CHUNK], out[CHUNK:2 * CHUNK], out[2 * CHUNK:3 * CHUNK]]
+    retrieved = torch.from_numpy(rows)[None, None].expand(1, 3, K, 2 * CHUNK).clone()
+    with torch.no_grad():
+        logits = model(torch.tensor([out[:12]]), retrieved_ids=retrieved)
+    assert logits[0, len(prompt) - 1:].argmax(-1).tolist() == out[len(prompt):]
