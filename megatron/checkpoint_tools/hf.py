@@ -90,7 +90,14 @@ def mlp_activation(args) -> str:
     return "gelu_new" if _arg(args, "openai_gelu", False) or _arg(args, "bias_gelu_fusion", True) else "gelu"
 
 
+def _check_not_mup(args) -> None:
+    if getattr(args, "use_mup", False):
+        raise ConversionError("the checkpoint is a muP model (--use-mup): its logit and attention-score multipliers "
+                              "have no Hugging Face equivalent, so the exported model would compute other logits")
+
+
 def _check_plain_transformer(args) -> None:
+    _check_not_mup(args)
     for name, wanted in (("position_embedding_type", "learned_absolute"), ("add_bias_linear", True),
                          ("untie_embeddings_and_output_weights", False),
                          ("apply_residual_connection_post_layernorm", False), ("swiglu", False),
@@ -301,6 +308,7 @@ def _llama_to_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int,
 
 
 def _check_llama_args(args) -> None:
+    _check_not_mup(args)
     for name, wanted, flag in (("position_embedding_type", "rope", "--position-embedding-type rope"),
                                ("swiglu", True, "--swiglu"), ("normalization", "RMSNorm", "--normalization RMSNorm"),
                                ("rotary_percent", 1.0, "--rotary-percent 1.0"),

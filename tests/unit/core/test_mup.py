@@ -164,3 +164,13 @@ def test_coordinate_check_flat_under_mup_and_growing_under_standard():
     # Adam's updates make every hidden layer's output grow with width in the standard model.
     grown = [name for name, values in standard_curves.items() if values[-1] > 4 * values[0]]
     assert len(grown) >= 4, standard_curves
+
+
+def test_hugging_face_export_refuses_a_mup_checkpoint():
+    from argparse import Namespace
+
+    from megatron.checkpoint_tools import hf
+
+    for check in (hf._check_plain_transformer, hf._check_llama_args):
+        with pytest.raises(hf.ConversionError, match="muP model"):
+            check(Namespace(use_mup=True, num_attention_heads=4))
