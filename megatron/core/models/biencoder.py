@@ -59,6 +59,11 @@ class BiEncoderModel(nn.Module):
         super().__init__()
         if only_query_model and only_context_model:
             raise ValueError("only_query_model and only_context_model are mutually exclusive")
+        if config.use_mup:
+            # The retrieval score is a dot product of two width-sized embeddings, a readout μP would
+            # have to rescale; no rule for it is implemented, so --use-mup would not do what it says.
+            raise ValueError("use_mup (--use-mup) is not supported for the biencoder (ICT/REALM retriever): its "
+                             "retrieval score has no muP rule here")
         self.pg = pg if pg is not None else get_process_groups()
         if self.pg.pipeline_model_parallel_size != 1:
             raise ValueError(

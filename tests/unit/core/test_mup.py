@@ -174,3 +174,10 @@ def test_hugging_face_export_refuses_a_mup_checkpoint():
     for check in (hf._check_plain_transformer, hf._check_llama_args):
         with pytest.raises(hf.ConversionError, match="muP model"):
             check(Namespace(use_mup=True, num_attention_heads=4))
+
+
+def test_biencoder_refuses_mup():
+    from megatron.core.models.biencoder import BiEncoderModel
+
+    with pytest.raises(ValueError, match="biencoder"):
+        BiEncoderModel(config(32, base=16), VOCAB, SEQ, pg=ProcessGroups())
