@@ -25,6 +25,7 @@ from megatron.global_vars import get_args, get_timers, get_tokenizer
 from megatron.initialize import get_device
 from megatron.retrieval.biencoder_setup import biencoder_model_provider, init_towers_from_bert
 from megatron.retrieval.ict_loss import ict_loss
+from megatron.startup_checks import require_indexed_data
 from megatron.training import pretrain
 from megatron.utils import print_rank_0
 
@@ -91,6 +92,7 @@ def forward_step(data_iterator, model):
 def train_valid_test_datasets_provider(train_val_test_num_samples):
     args = get_args()
     print_rank_0("> building train, validation, and test datasets for ICT ...")
+    require_indexed_data(args, "pretrain_ict.py")
     if not args.titles_data_path:
         raise ICTSetupError("--titles-data-path is required: the titles dataset (one title per document of "
                             "--data-path, preprocessed with --json-keys title)")

@@ -6,6 +6,7 @@ from megatron.core.models import T5Model
 from megatron.core.transformer import ModelType
 from megatron.global_vars import get_args, get_timers, get_tokenizer
 from megatron.model_setup import device_batch
+from megatron.startup_checks import require_indexed_data
 from megatron.training import pretrain
 from megatron.utils import masked_mean, print_rank_0
 
@@ -44,6 +45,7 @@ def forward_step(data_iterator, model):
 def train_valid_test_datasets_provider(train_val_test_num_samples):
     args = get_args()
     print_rank_0("> building train, validation, and test datasets for T5 ...")
+    require_indexed_data(args, "pretrain_t5.py")
     config = DatasetConfig(dataset_type="t5", seq_length=args.encoder_seq_length, seed=args.seed, split=args.split,
                            cache_dir=args.data_cache_path, vocab_size=args.padded_vocab_size,
                            masked_lm_prob=args.mask_prob, short_seq_prob=args.short_seq_prob,

@@ -37,6 +37,13 @@ def check_data_paths(args) -> None:
                 raise FileNotFoundError(f"--{flag.replace('_', '-')} {prefix}: no such file {missing[0]}")
 
 
+def require_indexed_data(args, script: str) -> None:
+    """TFRecords (--data-impl tfrecord) hold MLPerf's pre-masked BERT examples; other models read .bin/.idx."""
+    if getattr(args, "data_impl", None) == "tfrecord":
+        raise ValueError(f"--data-impl tfrecord reads MLPerf BERT TFRecords, which only pretrain_bert.py trains on; "
+                         f"{script} reads indexed .bin/.idx data (--data-impl mmap)")
+
+
 def check_save_dir(save: Optional[str]) -> None:
     """--save can be created and written to: a probe file is made and removed."""
     if not save:

@@ -75,3 +75,13 @@ def test_collective_failure_exit_runs_cleanup(tmp_path):
     assert result.returncode == 1
     assert "a collective failed during training iteration 3" in result.stderr
     assert marker.read_text() == "yes"
+
+
+def test_tfrecord_data_is_refused_outside_bert():
+    import argparse
+
+    from megatron.startup_checks import require_indexed_data
+
+    require_indexed_data(argparse.Namespace(data_impl="mmap"), "pretrain_gpt.py")
+    with pytest.raises(ValueError, match="only pretrain_bert.py trains on; pretrain_gpt.py reads indexed"):
+        require_indexed_data(argparse.Namespace(data_impl="tfrecord"), "pretrain_gpt.py")
