@@ -100,3 +100,22 @@ def test_bad_retro_inputs_are_one_line(data, extra, message):
     assert result.returncode != 0
     assert re.search(message, result.stderr), result.stderr[-2000:]
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("extra", [["--tensor-model-parallel-size", "2"],
+                                   ["--tensor-model-parallel-size", "2", "--sequence-parallel"],
+                                   ["--recompute-granularity", "full", "--recompute-method", "uniform",
+                                    "--recompute-num-layers", "1"]])
+def test_layouts_and_recompute_reproduce_the_single_process_losses(data, extra):
+    from test_training_lib import assert_close, losses
+
+    # One padded vocabulary for TP1 and TP2 (the BERT vocabulary rounds up differently for each).
+    args = retro_args(data, "--hidden-dropout", "0", "--attention-dropout", "0", "--make-vocab-size-divisible-by",
+                      "256", train_iters=4)
+    want = run_script("pretrain_retro.py", args, timeout=600).stdout
+    nproc = 2 if "--tensor-model-parallel-size" in extra else 1
+    got = run_script("pretrain_retro.py", args + extra, nproc=nproc, timeout=600).stdout
+    assert_close(losses(got), losses(want), 1e-5, " ".join(extra))
+    assert_close([float(v) for v in VALIDATION.findall(got)[0][1::2]],
+                 [float(v) for v in VALIDATION.findall(want)[0][1::2]], 1e-5, "validation")
