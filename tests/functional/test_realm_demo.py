@@ -23,7 +23,8 @@ def test_realm_demo_runs_end_to_end(tmp_path, demo_corpus):
                     bert_uncased_vocab_path(), "--output-prefix", str(demo / "bert"), "--workers", "1"],
                    check=True, cwd=REPO, capture_output=True, text=True, timeout=600)
     env = dict(os.environ, DEMO_DIR=str(demo), BERT_ITERS="2", ICT_ITERS="2", REALM_ITERS="2", REFRESH="1",
-               HIDDEN="32", EVAL_ITERS="1", BATCH="8", ICT_BATCH="8", REALM_BATCH="4", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+               HIDDEN="32", EVAL_ITERS="1", BATCH="8", ICT_BATCH="8", REALM_BATCH="4", OMP_NUM_THREADS="1",
+               PYTHONUNBUFFERED="1")
     result = subprocess.run(["bash", os.path.join(REPO, "examples", "realm_demo.sh")], env=env, cwd=REPO,
                             capture_output=True, text=True, timeout=1200)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
