@@ -17,6 +17,7 @@ K=${K:-4}
 NEIGHBORS=${NEIGHBORS:-2}
 SEQ=${SEQ:-128}
 ITERS=${ITERS:-150}
+WARMUP=${WARMUP:-10}
 EVAL_INTERVAL=${EVAL_INTERVAL:-50}
 EVAL_ITERS=${EVAL_ITERS:-4}
 LAYERS=${LAYERS:-4}
@@ -50,7 +51,7 @@ rm -rf "$D/checkpoints"
 # shellcheck disable=SC2086
 python pretrain_retro.py $MODEL \
     --micro-batch-size $MBS --global-batch-size $MBS --train-iters $ITERS --lr 2e-3 --min-lr 1e-4 \
-    --lr-decay-style cosine --lr-warmup-iters 10 --log-interval 10 --eval-interval $EVAL_INTERVAL \
+    --lr-decay-style cosine --lr-warmup-iters $WARMUP --log-interval 10 --eval-interval $EVAL_INTERVAL \
     --eval-iters $EVAL_ITERS --split 90,10,0 --hidden-dropout 0 --attention-dropout 0 --num-workers 0 \
     --retro-train-data "$D/retro_train_text_document" --retro-db "$D/retro_db_text_document" \
     --retro-knn-map "$D/knn_final.save" --data-cache-path "$D/cache" \

@@ -14,7 +14,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 @pytest.mark.slow
 def test_retro_demo_runs_end_to_end(tmp_path):
     env = dict(os.environ, DEMO_DIR=str(tmp_path), DOCS="10", MAX_CHARS="400", CHUNK="16", K="3", SEQ="32",
-               ITERS="4", EVAL_INTERVAL="2", EVAL_ITERS="1", LAYERS="2", CCA_LAYERS="1", HIDDEN="32", MBS="2",
+               ITERS="4", WARMUP="1", EVAL_INTERVAL="2", EVAL_ITERS="1", LAYERS="2", CCA_LAYERS="1", HIDDEN="32", MBS="2",
                GEN_TOKENS="20", OMP_NUM_THREADS="1")
     result = subprocess.run(["bash", os.path.join(REPO, "examples", "retro_demo.sh")], env=env, capture_output=True,
                             text=True, timeout=1800)
