@@ -261,7 +261,7 @@ class RetroModel(LanguageModule):
             retrieved_ids = self.blank_neighbours(input_ids)
         hidden = self.language_model(input_ids, position_ids, attention_mask, retrieved_ids.long())
         logits = parallel_lm_logits(hidden, self.word_embeddings_weight(), self.parallel_output, self.pg,
-                                    self.config.sequence_parallel)
+                                    self.config.sequence_parallel, logit_multiplier=self.config.mup_output_multiplier)
         if labels is not None and not self.parallel_output:
             raise ValueError("RetroModel computes the loss from vocab-parallel logits; use parallel_output=True with labels")
         return logits_or_loss(logits, labels, self.fp16_lm_cross_entropy, self.pg)

@@ -181,3 +181,21 @@ def test_biencoder_refuses_mup():
 
     with pytest.raises(ValueError, match="biencoder"):
         BiEncoderModel(config(32, base=16), VOCAB, SEQ, pg=ProcessGroups())
+
+
+def test_retro_inherits_mup():
+    from megatron.core.models.retro import RetroConfig, RetroModel
+
+    retro = RetroConfig(chunk_size=4, num_neighbors=2, encoder_num_layers=1, encoder_cca_layers=(0,),
+                        decoder_cca_layers=(1,), pad_id=0)
+    model = RetroModel(config(128, base=32), retro, VOCAB, SEQ, pg=ProcessGroups())
+    mults = lr_mults(model)
+    # Every hidden matrix of the decoder, the chunked cross-attention and the neighbour encoder.
+    scaled = [name for name, param in model.named_parameters() if mults[param] != 1.0]
+    assert scaled and all(name.endswith(".weight") and "norm" not in name and "embedding" not in name
+                          for name in scaled)
+    assert any("inter_attention" in name for name in scaled)
+    assert sum(param.dim() == 2 for param in model.parameters()) - len(scaled) == 2  # word + position embeddings
+    tokens = torch.randint(1, VOCAB, (2, SEQ))
+    hidden = model.language_model(tokens, None, None, model.blank_neighbours(tokens).long())
+    torch.testing.assert_close(model(tokens), F.linear(hidden * 0.25, model.word_embeddings_weight()).transpose(0, 1))
