@@ -199,3 +199,16 @@ def test_retro_inherits_mup():
     tokens = torch.randint(1, VOCAB, (2, SEQ))
     hidden = model.language_model(tokens, None, None, model.blank_neighbours(tokens).long())
     torch.testing.assert_close(model(tokens), F.linear(hidden * 0.25, model.word_embeddings_weight()).transpose(0, 1))
+
+
+def test_t5_logits_take_the_readout_multiplier():
+    from megatron.core.models import T5Model
+
+    model = T5Model(config(64, base=32), VOCAB, SEQ, pg=ProcessGroups())
+    assert any(g["lr_mult"] == 0.5 for g in get_param_groups([model]))
+    enc, dec = torch.randint(0, VOCAB, (2, SEQ)), torch.randint(0, VOCAB, (2, SEQ))
+    keep = torch.ones(2, SEQ, SEQ, dtype=torch.long)
+    logits = model(enc, dec, keep, keep, keep)
+    # The multiplier is read at forward time from the config: at 1 the same weights give twice the logits.
+    model.config.mup_base_hidden_size = 64
+    torch.testing.assert_close(model(enc, dec, keep, keep, keep) * 0.5, logits)
