@@ -140,7 +140,7 @@ def main(argv=None) -> None:
     for label, use_mup in (("standard", False), ("muP", True)):
         results[label] = coord_check(widths, use_mup, args.lr, args.steps, args.seed)
         print(f"\n{label} parametrisation, mean |activation| after {args.steps} Adam steps (lr {args.lr:g})")
-        print(f"| layer | " + " | ".join(f"w={w}" for w in widths) + " | max/min |")
+        print("| layer | " + " | ".join(f"w={w}" for w in widths) + " | max/min |")
         print("|---|" + "---|" * (len(widths) + 1))
         for name, values in results[label].items():
             print(f"| {name} | " + " | ".join(f"{v:.4g}" for v in values) + f" | {spread(values):.2f} |")
