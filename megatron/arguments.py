@@ -706,6 +706,8 @@ def default_retro_decoder_cca_layers(num_layers: int) -> list:
 def _validate_retro(args) -> None:
     """RETRO's flags (pretrain_retro.py, tools/generate_samples_retro.py)."""
     _positive(args, "retro_chunk_size", "retro_num_neighbors", "retro_encoder_layers")
+    if getattr(args, "dry_run", False):
+        raise ValueError("--dry-run does not plan RETRO models (it builds GPT, BERT and T5 only)")
     if args.retro_chunk_size < 2:
         raise ValueError(f"--retro-chunk-size {args.retro_chunk_size} must be >= 2")
     if args.pipeline_model_parallel_size != 1:

@@ -119,3 +119,10 @@ def test_layouts_and_recompute_reproduce_the_single_process_losses(data, extra):
     assert_close(losses(got), losses(want), 1e-5, " ".join(extra))
     assert_close([float(v) for v in VALIDATION.findall(got)[0][1::2]],
                  [float(v) for v in VALIDATION.findall(want)[0][1::2]], 1e-5, "validation")
+
+
+def test_dry_run_is_refused_rather_than_planning_another_model(data):
+    result = run_script("pretrain_retro.py", retro_args(data, "--dry-run", "--world-size", "2", train_iters=2),
+                        check=False, timeout=300)
+    assert result.returncode != 0
+    assert "--dry-run does not plan RETRO models" in result.stderr, result.stderr[-2000:]
