@@ -40,7 +40,8 @@ def model_provider(pre_process=True, post_process=True):
 
     args = get_args()
     print_rank_0("building RETRO model ...")
-    return RetroModel(core_transformer_config_from_args(args), retro_config_from_args(args, tokenizer_pad_id(get_tokenizer())),
+    retro = retro_config_from_args(args, tokenizer_pad_id(get_tokenizer()))
+    return RetroModel(core_transformer_config_from_args(args), retro,
                       vocab_size=args.padded_vocab_size, max_sequence_length=args.max_position_embeddings,
                       pre_process=pre_process, post_process=post_process, parallel_output=True,
                       fp16_lm_cross_entropy=args.fp16_lm_cross_entropy)

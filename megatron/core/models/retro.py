@@ -28,7 +28,12 @@ from torch import nn
 from megatron.core.models.language_model import Embedding, logits_or_loss, parallel_lm_logits
 from megatron.core.models.module import LanguageModule
 from megatron.core.parallel_state import ProcessGroups
-from megatron.core.tensor_parallel import checkpoint, gather_from_sequence_parallel_region, get_rng_tracker, init_rng_scope
+from megatron.core.tensor_parallel import (
+    checkpoint,
+    gather_from_sequence_parallel_region,
+    get_rng_tracker,
+    init_rng_scope,
+)
 from megatron.core.transformer import AttnMaskType, LayerType, RotaryEmbedding, TransformerConfig, TransformerLayer
 from megatron.core.transformer.layer import make_layernorm
 from megatron.core.transformer.retro_layers import RetroCCALayer, RetroEncoderCALayer, without_sequence_parallel
@@ -62,7 +67,8 @@ class RetroConfig:
         if not dec:
             raise ValueError("retro decoder_cca_layers is empty: a RETRO decoder needs at least one CCA layer")
         if sorted(set(dec)) != dec or dec[0] < 0 or dec[-1] >= num_layers:
-            raise ValueError(f"retro decoder_cca_layers {dec} must be increasing 0-based indices below num_layers {num_layers}")
+            raise ValueError(f"retro decoder_cca_layers {dec} must be increasing 0-based indices below num_layers "
+                             f"{num_layers}")
         if sorted(set(enc)) != enc or (enc and (enc[0] < 0 or enc[-1] >= self.encoder_num_layers)):
             raise ValueError(f"retro encoder_cca_layers {enc} must be increasing 0-based indices below "
                              f"encoder_num_layers {self.encoder_num_layers}")
