@@ -85,3 +85,16 @@ def test_checks_name_the_problem(files):
     with pytest.raises(RetroDatasetError, match="covers chunks"):
         build(tmp_path)
     assert len(KNNMap(str(tmp_path / "knn.bin"))) == 3
+
+
+def test_pickles_by_path(files):
+    import pickle
+
+    tmp_path, *_ = files
+    ds = build(tmp_path)[0]
+    blob = pickle.dumps(ds)
+    assert len(blob) < 20000  # no copy of the map's rows or the data
+    copy = pickle.loads(blob)
+    for i in range(len(ds)):
+        assert np.array_equal(copy[i]["retrieved_ids"], ds[i]["retrieved_ids"])
+        assert np.array_equal(copy[i]["text"], ds[i]["text"])

@@ -74,6 +74,16 @@ class RETRODataset:
     def __len__(self):
         return len(self.gpt)
 
+    def __getstate__(self):
+        # DataLoader workers started by spawn get the map's path, not a copy of its rows.
+        state = dict(self.__dict__)
+        state["knn"] = self.knn.path
+        return state
+
+    def __setstate__(self, state):
+        state["knn"] = KNNMap(state["knn"])
+        self.__dict__.update(state)
+
     def chunk_ids(self, idx: int) -> np.ndarray:
         """Training-data chunk ids of sample ``idx``'s ``seq_length / m`` chunks."""
         gpt, m = self.gpt, self.chunk_size
