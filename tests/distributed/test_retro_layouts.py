@@ -83,3 +83,42 @@ def test_retro_tp_layouts_match_single_process():
 def test_retro_refuses_pipeline_parallelism():
     messages = run_ranks(_pipeline_refused, 2, timeout=120)
     assert all(m and "pipeline parallelism" in m for m in messages)
+
+
+def _generation_worker(rank, world_size):
+    """Greedy retrieval-augmented generation at TP2 equals one process (same weights, same retriever)."""
+    import numpy as np
+
+    from megatron.core import parallel_state
+    from megatron.core.parallel_state import ProcessGroups
+    from megatron.text_generation.retro import generate_retro
+    from megatron.text_generation.sampling import SamplingParams
+    from tests.distributed.equivalence import load_from_reference
+
+    def build(pg):
+        retro = RetroConfig(chunk_size=CHUNK, num_neighbors=K, encoder_num_layers=2, encoder_cca_layers=(1,),
+                            decoder_cca_layers=(1, 2), pad_id=0)
+        return RetroModel(retro_config(), retro, VOCAB, SEQ, parallel_output=False, pg=pg).eval()
+
+    def retriever(chunk):
+        gen = np.random.default_rng(sum(int(t) for t in chunk))
+        return gen.integers(1, VOCAB, size=(K, 2 * CHUNK))
+
+    torch.manual_seed(7)
+    reference = build(ProcessGroups())
+    prompt = [5, 9, 3, 17, 2]
+    want = generate_retro(reference, prompt, 6, SamplingParams(greedy=True), retriever, SEQ, vocab_size=VOCAB)
+    pg = parallel_state.initialize_model_parallel(2, 1)
+    try:
+        model = build(pg)
+        load_from_reference([model], reference.state_dict(), pg)
+        got = generate_retro(model, prompt, 6, SamplingParams(greedy=True), retriever, SEQ, vocab_size=VOCAB, pg=pg)
+    finally:
+        parallel_state.destroy_model_parallel()
+    return got, want
+
+
+def test_retro_generation_at_tp2_matches_single_process():
+    for got, want in run_ranks(_generation_worker, 2, timeout=120):
+        assert len(want) == 11
+        assert got == want
