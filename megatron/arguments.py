@@ -212,7 +212,8 @@ def _validate_layout(args) -> None:
 
 _LAYOUT_FLAGS = {"num_layers": "--num-layers", "pp": "--pipeline-model-parallel-size",
                  "virtual": "--num-layers-per-virtual-pipeline-stage", "split": "--pipeline-model-parallel-split-rank",
-                 "recompute_num_layers": "--recompute-num-layers", "recompute_method": "--recompute-method"}
+                 "recompute_num_layers": "--recompute-num-layers", "recompute_method": "--recompute-method",
+                 "recompute_granularity": "--recompute-granularity"}
 
 
 def fewest_layers_per_model_chunk(args) -> int:
@@ -374,20 +375,13 @@ def _validate_recompute(args) -> None:
     if getattr(args, "distribute_saved_activations", False):
         raise ValueError("--distribute-saved-activations is not supported: recomputation checkpoints are kept whole "
                          "on each tensor-parallel rank")
-    granularity, method = args.recompute_granularity, args.recompute_method
-    if granularity == "full":
-        if method is None:
-            raise ValueError("--recompute-granularity full needs --recompute-method uniform|block")
-        if args.recompute_num_layers is None:
-            args.recompute_num_layers = 1
-        _positive(args, "recompute_num_layers")
-        layer_layout.check_recompute_layers(method, args.recompute_num_layers, fewest_layers_per_model_chunk(args),
-                                            _LAYOUT_FLAGS)
-    else:
-        if method is not None:
-            raise ValueError(f"--recompute-method {method} needs --recompute-granularity full")
-        if args.recompute_num_layers is not None:
-            raise ValueError(f"--recompute-num-layers {args.recompute_num_layers} needs --recompute-granularity full")
+    if args.recompute_granularity == "full" and args.recompute_num_layers is None:
+        args.recompute_num_layers = 1  # Megatron's default for full recomputation
+    layer_layout.check_recompute(args.recompute_granularity, args.recompute_method, args.recompute_num_layers,
+                                 _LAYOUT_FLAGS)
+    if args.recompute_granularity == "full":
+        layer_layout.check_recompute_layers(args.recompute_method, args.recompute_num_layers,
+                                            fewest_layers_per_model_chunk(args), _LAYOUT_FLAGS)
 
 
 def _validate_batch(args) -> None:

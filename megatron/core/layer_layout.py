@@ -25,7 +25,11 @@ FIELD_NAMES = {
     "split": "pipeline_model_parallel_split_rank",
     "recompute_num_layers": "recompute_num_layers",
     "recompute_method": "recompute_method",
+    "recompute_granularity": "recompute_granularity",
 }
+
+RECOMPUTE_GRANULARITIES = ("full", "selective")
+RECOMPUTE_METHODS = ("uniform", "block")
 
 
 def _names(names: Optional[Dict[str, str]]) -> Dict[str, str]:
@@ -117,6 +121,26 @@ def fewest_layers_per_model_chunk(num_layers: int, pp: int, virtual: Optional[in
         return min(stage_layer_range(num_layers, pp, 0, virtual, 0, split, ENCODER)[0],
                    stage_layer_range(num_layers, pp, pp - 1, virtual, 0, split, DECODER)[0])
     return stage_layer_range(num_layers, pp, 0, virtual, 0, split)[0]
+
+
+def check_recompute(granularity: Optional[str], method: Optional[str], num_layers: Optional[int],
+                    names: Optional[Dict[str, str]] = None) -> None:
+    """Full recomputation needs a method (uniform or block) and at least one layer per group; a method
+    or a layer count without it means nothing."""
+    n = _names(names)
+    if granularity is not None and granularity not in RECOMPUTE_GRANULARITIES:
+        raise ValueError(f"{n['recompute_granularity']} {granularity!r} is not one of {RECOMPUTE_GRANULARITIES}")
+    if granularity == "full":
+        if method not in RECOMPUTE_METHODS:
+            raise ValueError(f"{n['recompute_granularity']} full needs {n['recompute_method']} "
+                             f"{'|'.join(RECOMPUTE_METHODS)}, got {method!r}")
+        if num_layers is None or num_layers < 1:
+            raise ValueError(f"{n['recompute_granularity']} full needs {n['recompute_num_layers']} >= 1, got {num_layers}")
+        return
+    if method is not None:
+        raise ValueError(f"{n['recompute_method']} {method} needs {n['recompute_granularity']} full")
+    if num_layers is not None:
+        raise ValueError(f"{n['recompute_num_layers']} {num_layers} needs {n['recompute_granularity']} full")
 
 
 def check_recompute_layers(method: Optional[str], recompute_num_layers: Optional[int], layers_in_chunk: int,

@@ -4,13 +4,12 @@ from typing import Callable, Optional
 
 import torch
 
+from megatron.core import layer_layout
 from megatron.core.utils import init_method_normal, scaled_init_method_normal
 
 POSITION_EMBEDDING_TYPES = ("learned_absolute", "rope", "none")
 NORMALIZATIONS = ("LayerNorm", "RMSNorm")
 ATTENTION_BACKENDS = ("sdpa", "unfused")
-RECOMPUTE_GRANULARITIES = ("full", "selective")
-RECOMPUTE_METHODS = ("uniform", "block")
 
 
 @dataclass
@@ -125,18 +124,7 @@ class TransformerConfig:
         if self.apply_query_key_layer_scaling:
             # The scaling only cancels out when the softmax runs in fp32.
             self.attention_softmax_in_fp32 = True
-        if self.recompute_granularity is not None and self.recompute_granularity not in RECOMPUTE_GRANULARITIES:
-            raise ValueError(f"recompute_granularity {self.recompute_granularity!r} is not one of {RECOMPUTE_GRANULARITIES}")
-        if self.recompute_granularity == "full":
-            if self.recompute_method not in RECOMPUTE_METHODS:
-                raise ValueError(
-                    f"recompute_granularity 'full' needs recompute_method in {RECOMPUTE_METHODS}, got {self.recompute_method!r}")
-            if self.recompute_num_layers is None or self.recompute_num_layers < 1:
-                raise ValueError(
-                    f"recompute_granularity 'full' needs recompute_num_layers >= 1, got {self.recompute_num_layers}")
-        elif self.recompute_method is not None:
-            raise ValueError(
-                f"recompute_method {self.recompute_method!r} needs recompute_granularity 'full', got {self.recompute_granularity!r}")
+        layer_layout.check_recompute(self.recompute_granularity, self.recompute_method, self.recompute_num_layers)
         if self.init_method is None:
             self.init_method = init_method_normal(self.init_method_std)
         if self.output_layer_init_method is None:

@@ -35,9 +35,10 @@ def test_config_defaults():
 
 @pytest.mark.parametrize("overrides, message", [
     ({"hidden_size": 30}, "hidden_size 30 is not divisible by num_attention_heads 4"),
-    ({"recompute_granularity": "full"}, "recompute_granularity 'full' needs recompute_method"),
+    ({"recompute_granularity": "full"}, "recompute_granularity full needs recompute_method uniform|block"),
     ({"recompute_granularity": "full", "recompute_method": "uniform"}, "needs recompute_num_layers >= 1"),
-    ({"recompute_method": "block"}, "recompute_method 'block' needs recompute_granularity 'full'"),
+    ({"recompute_method": "block"}, "recompute_method block needs recompute_granularity full"),
+    ({"recompute_num_layers": 2}, "recompute_num_layers 2 needs recompute_granularity full"),
     ({"attention_backend": "flash"}, "attention_backend 'flash' is not one of"),
     ({"position_embedding_type": "alibi"}, "position_embedding_type 'alibi' is not one of"),
     ({"hidden_dropout": 1.0}, "hidden_dropout must lie in [0, 1)"),
