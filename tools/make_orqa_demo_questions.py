@@ -16,6 +16,7 @@ of passages and cloze questions whose answers are spans of known passages.
     python tools/make_orqa_demo_questions.py --input demo/corpus.json --output-dir demo/orqa
 """
 import argparse
+import csv
 import json
 import os
 import random
@@ -128,9 +129,10 @@ def main(argv=None):
 
     os.makedirs(args.output_dir, exist_ok=True)
     with atomic_open(os.path.join(args.output_dir, "evidence.tsv"), "w", encoding="utf-8") as out:
-        out.write("id\ttext\ttitle\n")
-        for pid, text, title in passages:
-            out.write(f"{pid}\t{text}\t{title}\n")
+        # csv quoting (DPR's files are written so): passages quote code and strings.
+        writer = csv.writer(out, delimiter="\t", lineterminator="\n")
+        writer.writerow(["id", "text", "title"])
+        writer.writerows(passages)
     total = sum(shares)
     n_train = int(len(questions) * shares[0] / total)
     n_dev = int(len(questions) * shares[1] / total)
@@ -138,8 +140,8 @@ def main(argv=None):
               "test": questions[n_train + n_dev:]}
     for name, rows in splits.items():
         with atomic_open(os.path.join(args.output_dir, f"{name}.tsv"), "w", encoding="utf-8") as out:
-            for question, answer, _ in rows:
-                out.write(f"{question.replace(chr(9), ' ')}\t{json.dumps([answer])}\n")
+            writer = csv.writer(out, delimiter="\t", lineterminator="\n")
+            writer.writerows([question, json.dumps([answer])] for question, answer, _ in rows)
         with atomic_open(os.path.join(args.output_dir, f"{name}_source_passages.txt"), "w", encoding="utf-8") as out:
             out.write("".join(f"{pid}\n" for _, _, pid in rows))
     print(f"{len(passages)} passages, {len(questions)} questions: " +
