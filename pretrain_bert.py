@@ -21,7 +21,7 @@ def _binary_head(args) -> bool:
 
 
 def model_provider(pre_process=True, post_process=True):
-    from megatron.arguments import core_transformer_config_from_args
+    from megatron.config_from_args import core_transformer_config_from_args
 
     args = get_args()
     print_rank_0("building BERT model ...")

@@ -13,7 +13,7 @@ from megatron.utils import get_ltor_masks_and_position_ids, masked_mean, print_r
 
 def model_provider(pre_process=True, post_process=True):
     """One pipeline stage of GPT (the whole model without pipelining)."""
-    from megatron.arguments import core_transformer_config_from_args
+    from megatron.config_from_args import core_transformer_config_from_args
 
     args = get_args()
     print_rank_0("building GPT model ...")

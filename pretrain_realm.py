@@ -42,7 +42,7 @@ class REALMSetupError(ValueError):
 
 
 def model_provider(pre_process=True, post_process=True):
-    from megatron.arguments import core_transformer_config_from_args
+    from megatron.config_from_args import core_transformer_config_from_args
     from megatron.core import parallel_state
     from megatron.retrieval.realm_setup import build_realm_model, load_reader, load_retriever, resuming
 

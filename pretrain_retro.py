@@ -36,7 +36,7 @@ def retro_config_from_args(args, pad_id: int) -> RetroConfig:
 
 
 def model_provider(pre_process=True, post_process=True):
-    from megatron.arguments import core_transformer_config_from_args
+    from megatron.config_from_args import core_transformer_config_from_args
 
     args = get_args()
     print_rank_0("building RETRO model ...")

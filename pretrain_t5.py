@@ -12,7 +12,7 @@ from megatron.utils import masked_mean, print_rank_0
 
 
 def model_provider(pre_process=True, post_process=True, add_encoder=True, add_decoder=True):
-    from megatron.arguments import core_transformer_config_from_args
+    from megatron.config_from_args import core_transformer_config_from_args
 
     args = get_args()
     print_rank_0("building T5 model ...")

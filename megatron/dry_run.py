@@ -107,7 +107,7 @@ def _build_on_meta(args, model_name: str, pg, pre_process: bool, post_process: b
     """This rank's model as the pretraining scripts build it, on the ``meta`` device (no memory)."""
     import torch
 
-    from megatron.arguments import core_transformer_config_from_args
+    from megatron.config_from_args import core_transformer_config_from_args
     from megatron.core.models import BertModel, GPTModel, T5Model
 
     config = core_transformer_config_from_args(args)

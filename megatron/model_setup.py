@@ -94,7 +94,7 @@ def get_model(model_provider: Callable, model_type, args, pg, wrap_with_ddp: boo
     if not wrap_with_ddp:
         return chunks
     if args.DDP_impl == "local":
-        from megatron.arguments import ddp_config_from_args
+        from megatron.config_from_args import ddp_config_from_args
         from megatron.core.distributed import DistributedDataParallel
 
         ddp_config = ddp_config_from_args(args)
@@ -144,7 +144,7 @@ def get_optimizer_param_scheduler(optimizer, args):
 
 def setup_model_and_optimizer(model_provider: Callable, model_type, args, pg):
     """Chunks, optimizer and scheduler; loads ``--load`` when given (sets ``args.iteration``)."""
-    from megatron.arguments import optimizer_config_from_args
+    from megatron.config_from_args import optimizer_config_from_args
     from megatron.core.optimizer import get_megatron_optimizer
 
     model = get_model(model_provider, model_type, args, pg)

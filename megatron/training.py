@@ -67,7 +67,7 @@ def pretrain(train_valid_test_dataset_provider: Callable, model_provider: Callab
 
 
 def _pretrain(args, train_valid_test_dataset_provider, model_provider, model_type, forward_step_func):
-    from megatron.arguments import core_transformer_config_from_args
+    from megatron.config_from_args import core_transformer_config_from_args
     from megatron.global_vars import get_tensorboard_writer, get_timers
 
     pg = parallel_state.get_process_groups()

@@ -85,7 +85,7 @@ class MultipleChoice(Classification):
 
 def classification_provider(num_classes: int, multiple_choice: bool = False) -> Callable:
     def provider(pre_process=True, post_process=True):
-        from megatron.arguments import core_transformer_config_from_args
+        from megatron.config_from_args import core_transformer_config_from_args
 
         args = get_args()
         config = core_transformer_config_from_args(args)
@@ -131,7 +131,7 @@ def evaluate_accuracy(model, samples: List[Sample], args, pg, keep_last: Optiona
 
     ``keep_last`` (default ``--keep-last``) evaluates the last, incomplete batch too: its padding
     rows carry weight 0, so the accuracy stays correct / examples."""
-    from megatron.arguments import core_transformer_config_from_args
+    from megatron.config_from_args import core_transformer_config_from_args
 
     forward_backward = get_forward_backward_func(pg)
     config = core_transformer_config_from_args(args)
@@ -272,7 +272,7 @@ def finetune(task: str, train_samples: List[Sample], valid_sets: Dict[str, List[
         _load_pretrained(model, optimizer, args)
         print_rank_0(f"> fine-tuning from --pretrained-checkpoint {args.pretrained_checkpoint} (encoder weights); "
                      f"the {task} head starts from random weights")
-    from megatron.arguments import core_transformer_config_from_args
+    from megatron.config_from_args import core_transformer_config_from_args
 
     rows = args.micro_batch_size * _rows_per_sample(train_samples)
     ctx = TrainingContext(args, core_transformer_config_from_args(args), pg, model, optimizer, scheduler,

@@ -40,7 +40,7 @@ def add_args(parser):
 
 
 def retro_inference_model_provider(pre_process=True, post_process=True):
-    from megatron.arguments import core_transformer_config_from_args
+    from megatron.config_from_args import core_transformer_config_from_args
     from megatron.core.models.retro import RetroModel
     from megatron.global_vars import get_args, get_tokenizer
     from pretrain_retro import retro_config_from_args, tokenizer_pad_id

@@ -42,7 +42,7 @@ def biencoder_model_provider(only_query_model: bool = False, only_context_model:
     """A ``model_provider(pre_process=True, post_process=True) -> BiEncoderModel`` reading ``get_args()``."""
 
     def model_provider(pre_process=True, post_process=True):
-        from megatron.arguments import core_transformer_config_from_args
+        from megatron.config_from_args import core_transformer_config_from_args
         from megatron.global_vars import get_args
 
         args = get_args()

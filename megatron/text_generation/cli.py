@@ -70,7 +70,7 @@ def out_seq_length_notice(args, longest_prompt: Optional[int], shortest_prompt: 
 
 def gpt_inference_model_provider(pre_process=True, post_process=True):
     """GPT returning full-vocabulary logits, as sampling needs them on every tensor-parallel rank."""
-    from megatron.arguments import core_transformer_config_from_args
+    from megatron.config_from_args import core_transformer_config_from_args
     from megatron.core.models import GPTModel
     from megatron.global_vars import get_args
 

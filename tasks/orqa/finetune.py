@@ -80,7 +80,7 @@ def check_orqa_args(args) -> None:
 
 
 def model_provider(pre_process=True, post_process=True):
-    from megatron.arguments import core_transformer_config_from_args
+    from megatron.config_from_args import core_transformer_config_from_args
     from megatron.core.models.span_reader import ORQAModel
     from megatron.global_vars import get_args, get_tokenizer
 
@@ -332,7 +332,7 @@ def run(args, pg, tokenizer) -> Dict[str, Dict[str, float]]:
 
 
 def _finetune(args, pg, train, eval_sets, evidence, report):
-    from megatron.arguments import core_transformer_config_from_args
+    from megatron.config_from_args import core_transformer_config_from_args
     from megatron.checkpointing import save_checkpoint
     from megatron.core.transformer import ModelType
     from megatron.global_vars import get_timers

@@ -29,7 +29,7 @@ from tasks.zeroshot_gpt.datasets import (
 
 def _model_provider(parallel_output: bool):
     def provider(pre_process=True, post_process=True):
-        from megatron.arguments import core_transformer_config_from_args
+        from megatron.config_from_args import core_transformer_config_from_args
 
         args = get_args()
         return GPTModel(core_transformer_config_from_args(args), vocab_size=args.padded_vocab_size,
@@ -90,7 +90,7 @@ def _forward_step(task: str):
 
 
 def _run(model, samples: List[Sample], task: str, args, pg) -> Dict[str, float]:
-    from megatron.arguments import core_transformer_config_from_args
+    from megatron.config_from_args import core_transformer_config_from_args
 
     config = core_transformer_config_from_args(args)
     forward_backward = get_forward_backward_func(pg)

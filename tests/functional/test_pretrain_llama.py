@@ -9,7 +9,7 @@ import torch
 from test_examples_pretrain import _check_trained, _run_example
 from test_training_lib import demo_data, parse_iterations
 
-from megatron.arguments import core_transformer_config_from_args
+from megatron.config_from_args import core_transformer_config_from_args
 from megatron.checkpoint_tools.reshard import SourceCheckpoint, merge_shards
 from megatron.core.models import GPTModel
 from tools.convert_hf_checkpoint import main as convert

@@ -5,12 +5,8 @@ import re
 import pytest
 import torch
 
-from megatron.arguments import (
-    core_transformer_config_from_args,
-    parse_args,
-    print_args,
-    validate_args,
-)
+from megatron.arguments import parse_args, print_args, validate_args
+from megatron.config_from_args import core_transformer_config_from_args
 
 BASE = ("--num-layers 4 --hidden-size 32 --num-attention-heads 4 --seq-length 16 --max-position-embeddings 32 "
         "--micro-batch-size 2 --vocab-size 100")
@@ -162,7 +158,7 @@ def test_core_config(capsys):
 def test_optimizer_and_ddp_configs(capsys):
     pytest.importorskip("megatron.core.optimizer.config")
     pytest.importorskip("megatron.core.distributed.config")
-    from megatron.arguments import ddp_config_from_args, optimizer_config_from_args
+    from megatron.config_from_args import ddp_config_from_args, optimizer_config_from_args
 
     args = parse(TRAIN + " --bf16 --optimizer sgd --sgd-momentum 0.5 --clip-grad 0 --use-distributed-optimizer")
     opt = optimizer_config_from_args(args)

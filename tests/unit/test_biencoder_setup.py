@@ -113,7 +113,7 @@ def test_ict_load_errors_name_flag_path_and_keys(tmp_path, capsys):
 
 def test_bert_init_copies_encoder_into_both_towers_and_names_mismatches(tmp_path, capsys):
     args = make_args(tmp_path, "--ict-head-size 8")
-    from megatron.arguments import core_transformer_config_from_args
+    from megatron.config_from_args import core_transformer_config_from_args
 
     bert = BertModel(core_transformer_config_from_args(args), args.padded_vocab_size, 16)
     save_weights(bert, args)
@@ -145,7 +145,7 @@ def test_bert_of_another_vocabulary_is_refused(tmp_path, capsys):
     args = parse_args(add_biencoder_args, argv=(flags + str(small)).split())
     args.save = str(tmp_path / "bert")
     global_vars.set_global_variables(args)
-    from megatron.arguments import core_transformer_config_from_args
+    from megatron.config_from_args import core_transformer_config_from_args
 
     save_weights(BertModel(core_transformer_config_from_args(args), args.padded_vocab_size, 16), args)
     pg = parallel_state.get_process_groups()

@@ -38,7 +38,7 @@ TINY = ("--dry-run --vocab-size 100 --num-layers 4 --hidden-size 32 --num-attent
 
 @pytest.mark.parametrize("tp,pp", [(1, 1), (2, 2), (2, 4)])
 def test_gpt_counts_match_core_model(tp, pp):
-    from megatron.arguments import core_transformer_config_from_args
+    from megatron.config_from_args import core_transformer_config_from_args
     from megatron.core.models import GPTModel
 
     args = _args(f"{TINY} --world-size {tp * pp} --tensor-model-parallel-size {tp} --pipeline-model-parallel-size {pp}")
@@ -55,7 +55,7 @@ def test_gpt_counts_match_core_model(tp, pp):
 
 @pytest.mark.parametrize("binary_head", [True, False])
 def test_bert_counts_match_core_model(binary_head):
-    from megatron.arguments import core_transformer_config_from_args
+    from megatron.config_from_args import core_transformer_config_from_args
     from megatron.core.models import BertModel
 
     extra = "" if binary_head else " --bert-no-binary-head"
@@ -70,7 +70,7 @@ def test_bert_counts_match_core_model(binary_head):
 
 
 def test_t5_counts_match_core_model_with_split():
-    from megatron.arguments import core_transformer_config_from_args
+    from megatron.config_from_args import core_transformer_config_from_args
     from megatron.core.models import T5Model
 
     args = _args(f"{TINY} --world-size 8 --tensor-model-parallel-size 2 --pipeline-model-parallel-size 4 "

@@ -2,7 +2,8 @@
 checks and the dry run all agree with ``megatron.core.layer_layout``, the PP=2 interleaved layout included."""
 import pytest
 
-from megatron.arguments import core_transformer_config_from_args, parse_args
+from megatron.arguments import parse_args
+from megatron.config_from_args import core_transformer_config_from_args
 from megatron.checkpoint_tools import reshard
 from megatron.core import layer_layout
 from megatron.core.parallel_state import ProcessGroups, validate_layout

@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from megatron.arguments import core_transformer_config_from_args, parse_args
+from megatron.arguments import parse_args
+from megatron.config_from_args import core_transformer_config_from_args
 from megatron.core.models import GPTModel
 from megatron.core.parallel_state import ProcessGroups
 from megatron.core.transformer import ParallelAttention, ParallelMLP, TransformerConfig

@@ -136,7 +136,8 @@ def test_base_sizes_are_derived_and_checked():
 
 
 def test_flags(tmp_path):
-    from megatron.arguments import core_transformer_config_from_args, parse_args, validate_args
+    from megatron.arguments import parse_args, validate_args
+    from megatron.config_from_args import core_transformer_config_from_args
 
     common = ["--num-layers", "2", "--hidden-size", "128", "--num-attention-heads", "4", "--seq-length", "16",
               "--max-position-embeddings", "16", "--micro-batch-size", "2", "--train-iters", "1", "--lr", "1e-3"]
