@@ -189,7 +189,11 @@ def _distributed_optimizer_resume(pg):
     for batch in batches[:2]:
         train_step(chunk, optimizer, batch[mine], pg)
     model_state = copy.deepcopy(chunk.state_dict())
-    optimizer_state = copy.deepcopy(optimizer.state_dict())   # collective over the DP group
+    # Collective over the DP group; only data-parallel rank 0 gets the tensors (it is the one that
+    # saves), so every rank loads rank 0's, as every rank reads the saved file at resume.
+    holder = [copy.deepcopy(optimizer.state_dict())]
+    torch.distributed.broadcast_object_list(holder, src=pg.dp_ranks[0], group=pg.dp)
+    optimizer_state = holder[0]
     want = train_step(chunk, optimizer, batches[2][mine], pg)
     want_params = {n: p.detach().clone() for n, p in core_params(chunk).items()}
 
