@@ -39,8 +39,8 @@ class UnionFind:
         return [g for g in members.values() if len(g) > 1]
 
 
-def read_pairs(path: str) -> Iterator[Tuple[str, str, float]]:
-    """(id, other id, jaccard) from find_duplicates' output."""
+def _json_lines(path: str) -> Iterator[Tuple[int, object]]:
+    """(line number, parsed JSON) for the non-blank lines of ``path``; errors name the file and line."""
     try:
         handle = open(path, encoding="utf-8")
     except OSError as error:
@@ -50,20 +50,25 @@ def read_pairs(path: str) -> Iterator[Tuple[str, str, float]]:
             if not line.strip():
                 continue
             try:
-                record = json.loads(line)
+                yield number, json.loads(line)
             except json.JSONDecodeError as error:
                 raise WebtextError(f"{path}:{number}: not JSON: {error.msg}") from None
-            if not isinstance(record, dict):
+
+
+def read_pairs(path: str) -> Iterator[Tuple[str, str, float]]:
+    """(id, other id, jaccard) from find_duplicates' output."""
+    for number, record in _json_lines(path):
+        if not isinstance(record, dict):
+            raise WebtextError(f"{path}:{number}: expected {{id: [[other id, jaccard], ...]}}")
+        for doc_id, others in record.items():
+            if not isinstance(others, list):
                 raise WebtextError(f"{path}:{number}: expected {{id: [[other id, jaccard], ...]}}")
-            for doc_id, others in record.items():
-                if not isinstance(others, list):
-                    raise WebtextError(f"{path}:{number}: expected {{id: [[other id, jaccard], ...]}}")
-                for item in others:
-                    if (not isinstance(item, list) or len(item) != 2 or not isinstance(item[0], str)
-                            or not isinstance(item[1], (int, float))):
-                        raise WebtextError(f"{path}:{number}: each duplicate must be [other id, jaccard], "
-                                           f"found {json.dumps(item)[:60]}")
-                    yield doc_id, item[0], float(item[1])
+            for item in others:
+                if (not isinstance(item, list) or len(item) != 2 or not isinstance(item[0], str)
+                        or not isinstance(item[1], (int, float))):
+                    raise WebtextError(f"{path}:{number}: each duplicate must be [other id, jaccard], "
+                                       f"found {json.dumps(item)[:60]}")
+                yield doc_id, item[0], float(item[1])
 
 
 def group_pairs(pairs: Iterator[Tuple[str, str, float]], threshold: float) -> Tuple[List[List[str]], int]:
@@ -80,22 +85,11 @@ def group_pairs(pairs: Iterator[Tuple[str, str, float]], threshold: float) -> Tu
 def read_groups(path: str) -> List[List[str]]:
     """Groups written by group_duplicate_url: one JSON object per line, ``{group: [ids...]}``."""
     groups = []
-    try:
-        handle = open(path, encoding="utf-8")
-    except OSError as error:
-        raise WebtextError(f"{path}: cannot read: {error.strerror}") from None
-    with handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise WebtextError(f"{path}:{number}: not JSON: {error.msg}") from None
-            if not isinstance(record, dict) or not all(
-                    isinstance(v, list) and all(isinstance(x, str) for x in v) for v in record.values()):
-                raise WebtextError(f"{path}:{number}: expected {{group: [id, id, ...]}}")
-            groups.extend(list(v) for v in record.values())
+    for number, record in _json_lines(path):
+        if not isinstance(record, dict) or not all(
+                isinstance(v, list) and all(isinstance(x, str) for x in v) for v in record.values()):
+            raise WebtextError(f"{path}:{number}: expected {{group: [id, id, ...]}}")
+        groups.extend(list(v) for v in record.values())
     return groups
 
 
