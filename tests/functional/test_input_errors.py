@@ -149,12 +149,13 @@ def test_more_input_errors_are_one_line(data, work, case):
     _check_one_line(run_script("pretrain_gpt.py", args, check=False), expected)
 
 
-def test_under_torchrun_each_rank_says_one_line_and_no_traceback(data, work):
+def test_under_torchrun_a_failing_rank_says_one_line_and_no_traceback(data, work):
     args, expected = case_truncated_bin(data, work)
     result = run_script("pretrain_gpt.py", args, nproc=2, check=False)
     assert result.returncode != 0
     ours = [line for line in result.stderr.splitlines() if "pretrain_gpt.py: error:" in line]
-    assert len(ours) == 2 and all(expected in line for line in ours), result.stderr[-3000:]
+    # torchrun stops the other rank (SIGTERM) once one fails, so the second line may not come.
+    assert 1 <= len(ours) <= 2 and all(expected in line for line in ours), result.stderr[-3000:]
     assert "[rank0]: Traceback" not in result.stderr and "[rank1]: Traceback" not in result.stderr
 
 
