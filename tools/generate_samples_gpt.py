@@ -15,7 +15,6 @@ Runs under torchrun with ``--tensor-model-parallel-size`` and ``--pipeline-model
 (the checkpoint must have that layout; reshard it with tools/checkpoint_util.py). The last
 stage samples and every stage receives the tokens, so rank 0 (first stage) writes the file.
 """
-import json
 import os
 import sys
 
@@ -68,9 +67,7 @@ def check_args(args) -> None:
 
 
 def main(argv=None) -> int:
-    import torch.distributed as dist
 
-    from megatron.core.fileio import atomic_open
     from megatron.global_vars import get_tokenizer
     from megatron.initialize import initialize_megatron
     from megatron.text_generation import generate
@@ -80,6 +77,7 @@ def main(argv=None) -> int:
         out_seq_length_notice,
         sampling_generator,
         sampling_params_from_args,
+        write_genfile,
     )
     from megatron.utils import print_rank_0
 
@@ -106,13 +104,7 @@ def main(argv=None) -> int:
     results = generate(model, tokenizer, prompts, args.out_seq_length, sampling_params_from_args(args), max_length,
                        batch_size=args.micro_batch_size, use_cache=not args.recompute,
                        generator=sampling_generator(args.seed))
-    if not dist.is_initialized() or dist.get_rank() == 0:
-        with atomic_open(args.genfile, "w", encoding="utf-8") as f:
-            for result in results:
-                f.write(json.dumps(result, ensure_ascii=False) + "\n")
-    print_rank_0(f"wrote {len(results)} samples to {args.genfile}")
-    if dist.is_initialized():
-        dist.barrier()
+    write_genfile(args.genfile, results)
     return 0
 
 

@@ -14,7 +14,6 @@ encoder the index was built with; only installed copies), ``--retro-nprobe`` and
 ``--retro-num-neighbors`` nearest database chunks condition the tokens after it. Decoding
 recomputes the prefix at every step, so ``--recompute`` changes nothing here.
 """
-import json
 import os
 import sys
 
@@ -74,16 +73,15 @@ def build_retriever(args, tokenizer):
 
 
 def main(argv=None) -> int:
-    import torch.distributed as dist
 
     from megatron.checkpointing import load_checkpoint
     from megatron.core import parallel_state
-    from megatron.core.fileio import atomic_open
     from megatron.core.transformer import ModelType
     from megatron.global_vars import get_tokenizer
     from megatron.initialize import initialize_megatron
     from megatron.model_setup import get_model
-    from megatron.text_generation.cli import GENERATION_DEFAULTS, sampling_generator, sampling_params_from_args
+    from megatron.text_generation.cli import (GENERATION_DEFAULTS, sampling_generator, sampling_params_from_args,
+                                              write_genfile)
     from megatron.text_generation.retro import generate_retro
     from megatron.utils import print_rank_0
     from tools.generate_samples_gpt import check_args, read_prompts
@@ -125,13 +123,7 @@ def main(argv=None) -> int:
         text_ids = [t for t in (ids if prompt else []) + generated if t != eod]
         results.append({"prompt": prompt, "text": tokenizer.detokenize(text_ids), "length": len(generated),
                         "finished": finished})
-    if not dist.is_initialized() or dist.get_rank() == 0:
-        with atomic_open(args.genfile, "w", encoding="utf-8") as f:
-            for result in results:
-                f.write(json.dumps(result, ensure_ascii=False) + "\n")
-    print_rank_0(f"wrote {len(results)} samples to {args.genfile}")
-    if dist.is_initialized():
-        dist.barrier()
+    write_genfile(args.genfile, results)
     return 0
 
 

@@ -116,3 +116,21 @@ def sampling_generator(seed: int) -> torch.Generator:
     from megatron.initialize import get_device
 
     return torch.Generator(device=get_device()).manual_seed(seed)
+
+
+def write_genfile(genfile: str, results) -> None:
+    """--genfile: one JSON object per sample, written atomically by rank 0; every rank waits for it."""
+    import json
+
+    import torch.distributed as dist
+
+    from megatron.core.fileio import atomic_open
+    from megatron.utils import print_rank_0
+
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        with atomic_open(genfile, "w", encoding="utf-8") as f:
+            for result in results:
+                f.write(json.dumps(result, ensure_ascii=False) + "\n")
+    print_rank_0(f"wrote {len(results)} samples to {genfile}")
+    if dist.is_initialized():
+        dist.barrier()
