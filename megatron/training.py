@@ -199,8 +199,8 @@ def train_step(ctx: TrainingContext, data_iterator):
     """One global batch: forward/backward over micro-batches, then the optimizer step.
 
     Returns (loss_dict, skipped_iter, grad_norm, num_zeros_in_grad); loss_dict is empty off the
-    last pipeline stage. Losses, norm and zero count are device tensors: the step itself never
-    waits for the device (the loop reads them at --log-interval).
+    last pipeline stage. Losses, norm, zero count and, under fp16, the skip flag are device
+    tensors: the step itself never waits for the device (the loop reads them at --log-interval).
     """
     from megatron.global_vars import get_num_microbatches
 
@@ -220,11 +220,17 @@ def train_step(ctx: TrainingContext, data_iterator):
     timers("optimizer", log_level=1).start()
     update_successful, grad_norm, num_zeros_in_grad = ctx.optimizer.step(sync=False)
     timers("optimizer", log_level=1).stop()
-    if update_successful:
-        increment = get_num_microbatches() * args.micro_batch_size * args.data_parallel_size
-        ctx.scheduler.step(increment=increment)
-    return (_reduce_losses(losses_reduced, ctx.pg, to_host=False), 0 if update_successful else 1, grad_norm,
-            num_zeros_in_grad)
+    increment = get_num_microbatches() * args.micro_batch_size * args.data_parallel_size
+    if torch.is_tensor(update_successful):
+        # fp16: whether the step overflowed is known on the device only; the scheduler and the
+        # logger take the flag as it is and read it back at --log-interval.
+        skipped_iter = (~update_successful).to(torch.int64)
+        ctx.scheduler.step(increment=increment, skipped=skipped_iter)
+    else:
+        skipped_iter = 0 if update_successful else 1
+        if update_successful:
+            ctx.scheduler.step(increment=increment)
+    return _reduce_losses(losses_reduced, ctx.pg, to_host=False), skipped_iter, grad_norm, num_zeros_in_grad
 
 
 def _stop_flags(ctx: TrainingContext, nan_seen: bool) -> List[bool]:
@@ -281,7 +287,7 @@ def train(ctx: TrainingContext, train_data_iterator, valid_data_iterator):
         wanted = iteration % args.log_interval == 0 or (bool(getattr(args, "tensorboard_dir", None))
                                                         and iteration % args.tensorboard_log_interval == 0)
         params_norm = calc_params_l2_norm(ctx.model, ctx.pg) if args.log_params_norm and wanted else None
-        line = logger.log(iteration, args.consumed_train_samples, ctx.scheduler.get_lr(), batch_size,
+        line = logger.log(iteration, args.consumed_train_samples, ctx.scheduler.current_lr(), batch_size,
                           ctx.optimizer.get_loss_scale(), grad_norm, num_zeros, params_norm,
                           time.time() - interval_start, loss_dict)
         if iteration == first_iteration and getattr(args, "torch_compile", False):

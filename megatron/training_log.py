@@ -24,23 +24,27 @@ class TrainingLogger:
         self.skipped = 0
         self.nan = 0
         self.nan_on_device = 0
+        self.last_skipped = 0
         # Whether the interval that the last line closed saw a NaN/inf loss (the loop stops on it).
         self.nan_in_last_interval = False
 
     def flops_per_iteration(self, batch_size: int) -> float:
         return flops_per_iteration_from_args(self.args, batch_size)
 
-    def add(self, loss_dict: Dict[str, float], skipped_iter: int) -> None:
-        """Losses may be floats or device tensors; tensors are summed on the device and read back
-        only when a line or a TensorBoard scalar is written (no host synchronisation per step)."""
+    def add(self, loss_dict: Dict[str, float], skipped_iter) -> None:
+        """Losses may be floats or device tensors; ``skipped_iter`` 0/1 or, under fp16, a device
+        tensor. Tensors are summed on the device and read back only when a line or a TensorBoard
+        scalar is written (no host synchronisation per step)."""
         self.iterations += 1
-        self.skipped += skipped_iter
+        self.skipped = self.skipped + skipped_iter
+        self.last_skipped = skipped_iter
         for key, value in loss_dict.items():
             if torch.is_tensor(value):
                 finite = torch.isfinite(value)
                 self.nan_on_device = (~finite).sum() + self.nan_on_device
-                if not skipped_iter:
-                    kept = torch.where(finite, value, torch.zeros_like(value))
+                if torch.is_tensor(skipped_iter) or not skipped_iter:
+                    keep = finite & (skipped_iter == 0) if torch.is_tensor(skipped_iter) else finite
+                    kept = torch.where(keep, value, torch.zeros_like(value))
                     self.total_losses[key] = self.total_losses.get(key, 0.0) + kept
             elif not math.isfinite(value):
                 self.nan += 1
@@ -60,9 +64,13 @@ class TrainingLogger:
         writer = self.writer
         tensorboard_now = writer is not None and iteration % args.tensorboard_log_interval == 0
         if tensorboard_now or iteration % args.log_interval == 0:
-            # Device values (losses, norms, the loss scale) are read back here, at logging time only.
-            loss_scale, grad_norm, num_zeros = (None if v is None else float(v) for v in (loss_scale, grad_norm, num_zeros))
+            # Device values (losses, norms, the loss scale, the learning rate and the skip flags under
+            # fp16) are read back here, at logging time only.
+            learning_rate, loss_scale, grad_norm, num_zeros = (
+                None if v is None else float(v) for v in (learning_rate, loss_scale, grad_norm, num_zeros))
             loss_dict = {key: float(value) for key, value in loss_dict.items()}
+            if int(self.last_skipped):  # as Megatron: a skipped step has no norm or zero count
+                grad_norm = num_zeros = None
         if tensorboard_now:
             if getattr(args, "log_learning_rate_to_tensorboard", True):
                 writer.add_scalar("learning-rate", learning_rate, iteration)
@@ -88,6 +96,7 @@ class TrainingLogger:
         if iteration % args.log_interval != 0:
             return None
         self._read_nan_count()
+        self.skipped = int(self.skipped)
         self.nan_in_last_interval = self.nan > 0
         self.total_losses = {key: float(value) for key, value in self.total_losses.items()}
         per_iteration = elapsed_seconds / max(self.iterations, 1)

@@ -25,7 +25,8 @@ import torch.distributed as dist
 
 from megatron.core.distributed.distributed_data_parallel import DistributedDataParallel
 from megatron.core.distributed.grad_buffer import Bucket, GradBuffer
-from megatron.core.optimizer.optimizer import MegatronOptimizer, build_torch_optimizer, copy_tp_attributes
+from megatron.core.optimizer.optimizer import (MegatronOptimizer, build_torch_optimizer, copy_tp_attributes,
+                                               plain_param_groups)
 from megatron.core.tensor_parallel.mappings import all_reduce, gather_to_first
 
 FORMAT = "megatron-lite distributed optimizer, unsharded, v1"
@@ -173,7 +174,7 @@ class DistributedOptimizer(MegatronOptimizer):
                 state[key] = self._gather_full(lambda s, key=key: inner.get(s.master, {}).get(key))
         if self.pg.dp_rank != 0:
             state = None
-        groups = [{k: v for k, v in group.items() if k != "params"} for group in self.optimizer.param_groups]
+        groups = plain_param_groups(self.optimizer.param_groups)
         return {
             "format": FORMAT,
             "param_groups": groups,

@@ -109,20 +109,34 @@ class MegatronOptimizer(abc.ABC):
     def step(self, sync: bool = True) -> Tuple[bool, Optional[float], Optional[int]]:
         """Returns (update_successful, grad_norm, num_zeros_in_grad); an fp16 overflow skips the step.
 
-        ``sync=False`` (the training loop) returns the norm and the zero count as device tensors,
-        so that the step never waits for the device: the loop reads them at ``--log-interval``.
-        The fp16 overflow check still reads one flag (the skip decides the scheduler's step)."""
+        ``sync=False`` (the training loop) never waits for the device: the norm and the zero count
+        come back as device tensors, and with a loss scaler so does the overflow decision. The
+        flag goes to the fused optimizer kernel (``found_inf``), which leaves the parameters and
+        the optimizer state untouched on overflow, and ``update_successful`` is a device bool
+        tensor that the loop passes on to the scheduler and the logger. ``sync=True`` returns
+        numbers and skips on the host (the norm is then not computed for a skipped step)."""
         self._prepare_grads()
         try:
+            found_inf = None
             if self.grad_scaler is not None:
                 found_inf = self._unscale_and_check_for_inf()
                 self.grad_scaler.update(found_inf)
-                if found_inf:
+                if sync and found_inf.item() > 0:
                     return False, None, None
             grad_norm = None
             if self.config.clip_grad > 0.0:
                 grad_norm = self._clip_by_global_norm(self.config.clip_grad)
             num_zeros = self._count_zeros_tensor() if self.config.log_num_zeros_in_grad else None
+            if found_inf is not None and not sync:
+                self.optimizer.found_inf = found_inf.reshape(())
+                try:
+                    self.optimizer.step()
+                finally:
+                    self.optimizer.found_inf = None
+                # A skipped step left the fp32 main parameters as they were: copying them back
+                # rewrites the model parameters with their own values.
+                self._copy_main_params_to_model_params()
+                return found_inf.reshape(()) == 0, grad_norm, num_zeros
             self.optimizer.step()
             self._copy_main_params_to_model_params()
             if sync:
@@ -148,7 +162,9 @@ class MegatronOptimizer(abc.ABC):
             all_reduce(tensor, group, op=op)
         return tensor
 
-    def _unscale_and_check_for_inf(self) -> bool:
+    def _unscale_and_check_for_inf(self) -> torch.Tensor:
+        """Unscale the main gradients in place; returns the overflow flag [1] (> 0: inf/NaN seen on
+        some model-parallel rank), on the device."""
         grads = self._main_grads()
         found_inf = torch.zeros(1)
         inv_scale = self.grad_scaler.inv_scale
@@ -158,7 +174,7 @@ class MegatronOptimizer(abc.ABC):
             torch._amp_foreach_non_finite_check_and_unscale_(grads, found_inf, inv_scale)
         # Every rank must skip together, or the replicas' weights drift apart.
         self._all_reduce_stats(found_inf, op=torch.distributed.ReduceOp.MAX)
-        return bool(found_inf.item() > 0)
+        return found_inf
 
     def _counted_grads(self) -> List[torch.Tensor]:
         """Gradients that enter the global norm once: tensor-parallel shards on every TP rank,
@@ -237,7 +253,7 @@ class FP32Optimizer(MegatronOptimizer):
         pass
 
     def state_dict(self) -> Dict:
-        return self.optimizer.state_dict()
+        return with_plain_param_groups(self.optimizer.state_dict())
 
     def load_state_dict(self, state_dict: Dict) -> None:
         self.optimizer.load_state_dict(state_dict)
@@ -295,7 +311,7 @@ class Float16OptimizerWithFloat16Params(MegatronOptimizer):
 
     def state_dict(self) -> Dict:
         return {
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": with_plain_param_groups(self.optimizer.state_dict()),
             "grad_scaler": self.grad_scaler.state_dict() if self.grad_scaler is not None else None,
             "fp32_from_fp16_params": [[m.detach().clone() for m in masters] for masters in self._groups_of_masters],
         }
@@ -316,12 +332,29 @@ class Float16OptimizerWithFloat16Params(MegatronOptimizer):
                 master.data.copy_(value)
 
 
+def plain_param_groups(groups: List[Dict]) -> List[Dict]:
+    """Param-group settings without the parameters, as numbers: the scheduler hands the fused
+    optimizer a tensor learning rate under fp16, and checkpoints keep Megatron's plain floats."""
+    return [{k: (float(v.item()) if torch.is_tensor(v) else v) for k, v in group.items() if k != "params"}
+            for group in groups]
+
+
+def with_plain_param_groups(state: Dict) -> Dict:
+    """A ``torch.optim`` state dict whose param groups hold numbers (see ``plain_param_groups``)."""
+    params = [group["params"] for group in state["param_groups"]]
+    groups = plain_param_groups(state["param_groups"])
+    for group, ids in zip(groups, params):
+        group["params"] = ids
+    return dict(state, param_groups=groups)
+
+
 def build_torch_optimizer(config, groups: List[Dict]) -> torch.optim.Optimizer:
     """Adam with decoupled weight decay (Megatron's fused Adam runs in AdamW mode) or SGD: the fused
-    kernels on CUDA, the multi-tensor (``foreach``) implementation elsewhere. Both compute the same
+    kernels on CUDA, and under fp16 everywhere (their ``found_inf`` input skips an overflowing step
+    on the device), the multi-tensor (``foreach``) implementation otherwise. All compute the same
     update as the per-tensor loop (tested to 1e-6)."""
     on_gpu = any(p.is_cuda for g in groups for p in g["params"])
-    kwargs = {"fused": True} if on_gpu else {"foreach": True}
+    kwargs = {"fused": True} if on_gpu or getattr(config, "fp16", False) else {"foreach": True}
     lr = config.lr if config.lr is not None else 0.0
     if config.optimizer == "adam":
         return torch.optim.AdamW(groups, lr=lr, weight_decay=config.weight_decay,

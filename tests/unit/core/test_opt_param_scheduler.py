@@ -111,3 +111,37 @@ def test_loads_2021_annealing_lr_state():
     sched.load_state_dict(legacy)
     assert sched.num_steps == 550
     assert sched.get_lr() == pytest.approx(0.55)
+
+
+@pytest.mark.parametrize("style", ["linear", "cosine", "constant", "inverse-square-root"])
+@pytest.mark.parametrize("warmup", [0, 100])
+def test_the_device_formula_equals_the_host_formula(style, warmup):
+    """fp16 runs compute the learning rate from a float64 step-count tensor (no host read); the one
+    formula gives the same numbers on both sides, through warmup, decay and past its end."""
+    sched = make(style, warmup=warmup, init_lr=0.05)
+    points = [0, 1, 37, 99, 100, 101, 325, 550, 999, 1000, 1001, 5000]
+    device = [float(sched.lr_at(torch.tensor(float(n), dtype=torch.float64))) for n in points]
+    host = [sched.lr_at(n) for n in points]
+    assert device == pytest.approx(host, rel=1e-15, abs=0.0)
+
+
+def test_skipped_steps_do_not_move_the_device_schedule():
+    """``step(n, skipped=flag)`` counts zero samples when the flag is set; the count and the lr stay
+    tensors (what the fused optimizer reads) until asked for, then equal the host schedule's."""
+    device_sched, host_sched = make("cosine"), make("cosine")
+    flags = [1, 1, 0, 0, 1, 0, 0, 0, 1, 0]
+    for flag in flags:
+        device_sched.step(64, skipped=torch.tensor([flag]))
+        if not flag:
+            host_sched.step(64)
+        group = device_sched.optimizer.param_groups[1]
+        assert torch.is_tensor(group["lr"]) and group["lr"].dtype == torch.float32
+        assert torch.is_tensor(device_sched.current_lr())
+    assert device_sched.get_lr() == host_sched.get_lr() and device_sched.num_steps == 64 * flags.count(0)
+    assert float(device_sched.optimizer.param_groups[1]["lr"]) == pytest.approx(2 * host_sched.get_lr(), rel=1e-7)
+    assert device_sched.state_dict() == host_sched.state_dict()
+    # A weight-decay ramp depends on the count: it is applied with the skips taken into account.
+    ramp = make("linear", start_wd=0.0, end_wd=0.1, wd_incr_steps=100, wd_incr_style="linear")
+    ramp.step(25, skipped=torch.tensor([0]))
+    ramp.step(25, skipped=torch.tensor([1]))
+    assert ramp.optimizer.param_groups[0]["weight_decay"] == pytest.approx(0.025)
