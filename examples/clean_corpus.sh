@@ -9,6 +9,7 @@
 #   5. cleanup_dataset.py: ftfy, English only, at least MIN_TOKENS GPT-2 tokens,
 #   6. find_duplicates.py -> group_duplicate_url.py -> remove_group_duplicates.py: near-duplicates,
 #   7. filter_ngrams.py: 13-grams of LAMBADA, RACE and MNLI (the bundled task samples) cut out,
+#      except those in >= 10 documents (--key-threshold, as Megatron-LM: common text, kept),
 #   8. train a GPT-2-style BPE on the result, then preprocess_data.py: .bin/.idx with end-of-document tokens.
 # Everything goes under $OUT_DIR (default ./webtext_demo). NUM_DOCS (default 2000) sizes the corpus.
 set -euo pipefail

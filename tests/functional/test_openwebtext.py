@@ -1,13 +1,17 @@
 """tools/openwebtext end to end: the CLIs chained on a small noisy corpus whose planted defects
-are known (manifest.json), bad input reported in one line, and (slow) examples/clean_corpus.sh."""
+are known (manifest.json), bad input reported in one line, filter_ngrams.py's key threshold and
+dictionaries (its own JSON and Megatron-LM's pickle), and (slow) examples/clean_corpus.sh."""
+import collections
 import json
 import os
+import pickle
 import subprocess
 import sys
 
 import pytest
 
 from megatron.preprocessing.webtext import ngrams
+from megatron.preprocessing.webtext.jsonl import WebtextError
 from megatron.preprocessing.webtext.minhash import jaccard, shingle_set
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -121,6 +125,119 @@ def test_bad_input_is_one_line(tmp_path):
     assert result.returncode == 1 and "pairs of <file> <id key>" in result.stderr
     result = run("filter_ngrams.py", "--tasks", "race", "--dedup-dataset", bad, "text", "--output", "o", check=False)
     assert result.returncode == 1 and "--tasks race needs --race-path" in result.stderr
+
+
+# Two task examples of 17 and 16 words (13-grams: 5 and 4) and filler that shares no 13-gram with them.
+COMMON = "the quick brown fox jumps over the lazy dog while seven silver swans sing softly near the river"
+RARE = "an entirely different passage about purple mountains where curious goats wander between ancient stone walls"
+FILLER = "lorem ipsum dolor sit amet consectetur adipiscing elit sed do eiusmod tempor".split()
+
+
+def ngram_corpus(tmp_path, plants):
+    """A LAMBADA-format task file with COMMON and RARE, and a corpus with one document per entry of
+    ``plants`` (the task texts pasted into that document, in the middle of 120 filler words)."""
+    task = tmp_path / "task.jsonl"
+    task.write_text("".join(json.dumps({"text": t}) + "\n" for t in (COMMON, RARE)))
+    corpus = tmp_path / "corpus.json"
+    with open(corpus, "w") as handle:
+        for i, planted in enumerate(plants):
+            filler = [FILLER[(i + j) % len(FILLER)] for j in range(120)]
+            text = " ".join(filler[:60] + [p + "." for p in planted] + filler[60:])
+            handle.write(json.dumps({"id": i, "text": text}) + "\n")
+    return task, corpus
+
+
+def test_filter_ngrams_key_threshold_keeps_common_ngrams(tmp_path):
+    # COMMON in 10 documents: common text at Megatron-LM's default threshold of 10, kept. RARE in 9
+    # documents, twice in one: counted per document (9), as Megatron-LM counts, so it is filtered.
+    plants = [(COMMON,)] * 10 + [(RARE, RARE)] + [(RARE,)] * 8 + [()] * 3
+    task, corpus = ngram_corpus(tmp_path, plants)
+    common_ids = list(range(10))
+    clean_ids = list(range(19, 22))
+    base = ["--tasks", "lambada", "--lambada-path", task, "--dedup-dataset", corpus, "text", "--mode", "remove"]
+    run("filter_ngrams.py", *base, "--output", tmp_path / "default.json", "--save-dictionary", tmp_path / "d.json")
+    assert [r["id"] for r in load(tmp_path / "default.json")] == common_ids + clean_ids
+    dictionary = json.loads((tmp_path / "d.json").read_text())
+    w = ngrams.words(RARE)
+    assert dictionary == {" ".join(w[i:i + 13]): ["lambada"] for i in range(len(w) - 12)}
+
+    # Above the count, COMMON is filtered too; 0 skips counting and filters every task n-gram.
+    for threshold in (11, 0):
+        run("filter_ngrams.py", *base, "--output", tmp_path / "all.json", "--key-threshold", threshold)
+        assert [r["id"] for r in load(tmp_path / "all.json")] == clean_ids, threshold
+    result = run("filter_ngrams.py", *base, "--output", tmp_path / "o.json", "--key-threshold", -1, check=False)
+    assert result.returncode == 1 and "--key-threshold -1 must be at least 0" in result.stderr
+
+
+def test_filter_ngrams_dictionary_round_trip_and_megatron_pickle(tmp_path):
+    plants = [(COMMON,)] * 3 + [(RARE,)] * 2 + [(COMMON, RARE)] + [()] * 2
+    task, corpus = ngram_corpus(tmp_path, plants)
+    data = ["--dedup-dataset", corpus, "text", "--filter-text-char-len", 50, "--remove-char-each-side", 20]
+    # Megatron-LM's command line, every flag spelled as it spells it.
+    run("filter_ngrams.py", "--tasks", "lambada", "--lambada-path", task, *data, "--output", tmp_path / "one.json",
+        "--num-threads", 2, "--max-ngram-size", 13, "--min-ngram-size", 8, "--splits-count", 10,
+        "--key-threshold", 10, "--save-dictionary", tmp_path / "d.json")
+    one = (tmp_path / "one.json").read_bytes()
+    pieces = load(tmp_path / "one.json")  # each planted document split in two around the copy
+    assert [r["id"] for r in pieces] == [i for i in range(6) for _ in range(2)] + [6, 7]
+    assert not any("fox" in r["text"] or "goats" in r["text"] for r in pieces)
+    dictionary = json.loads((tmp_path / "d.json").read_text())
+    assert len(dictionary) == 9
+
+    # Saved then loaded: the same output, byte for byte, without --tasks (or with it, not read).
+    run("filter_ngrams.py", "--load-dictionary", tmp_path / "d.json", *data, "--output", tmp_path / "two.json")
+    assert (tmp_path / "two.json").read_bytes() == one
+    # Megatron-LM's pickle ({n-gram: 1}), in its default protocol and in protocol 0.
+    for protocol in (pickle.DEFAULT_PROTOCOL, 0):
+        megatron = tmp_path / f"megatron_{protocol}.pkl"
+        megatron.write_bytes(pickle.dumps({gram: 1 for gram in dictionary}, protocol=protocol))
+        run("filter_ngrams.py", "--tasks", "lambada", "--load-dictionary", megatron, *data,
+            "--output", tmp_path / "three.json")
+        assert (tmp_path / "three.json").read_bytes() == one, protocol
+
+
+class _RunsCode:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):  # what a malicious pickle does: unpickling it would call os.system
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_filter_ngrams_refuses_unsafe_or_bad_dictionaries(tmp_path):
+    _, corpus = ngram_corpus(tmp_path, [(RARE,)])
+    marker = tmp_path / "code_ran"
+    for name, table in (("code.pkl", {"a b c": _RunsCode(marker)}),
+                        ("ordered.pkl", collections.OrderedDict([("a b c", 1)]))):
+        path = tmp_path / name
+        path.write_bytes(pickle.dumps(table))
+        result = run("filter_ngrams.py", "--load-dictionary", path, "--dedup-dataset", corpus, "text",
+                     "--output", tmp_path / "o.json", check=False)
+        assert result.returncode == 1 and result.stderr.strip().count("\n") == 0, result.stderr
+        assert f"{path}: not a pickled n-gram dictionary" in result.stderr and "Traceback" not in result.stderr
+        assert not marker.exists() and not (tmp_path / "o.json").exists()
+    for name, content, message in (("list.pkl", pickle.dumps(["a b c"]), "expected a dict of n-gram strings"),
+                                   ("keys.pkl", pickle.dumps({1: 1}), "n-gram keys must be strings"),
+                                   ("short.pkl", pickle.dumps({"a b c": 1})[:12], "not a pickled n-gram dictionary"),
+                                   ("bad.json", b'{"a b c": [', "not a JSON n-gram dictionary")):
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(WebtextError, match=f"{name}: {message}"):
+            ngrams.load_dictionary(str(tmp_path / name))
+
+
+def test_filter_ngrams_offline_and_missing_tasks_are_one_line(tmp_path):
+    _, corpus = ngram_corpus(tmp_path, [(RARE,)])
+    output = ["--dedup-dataset", corpus, "text", "--output", tmp_path / "o.json"]
+    for tasks, message in ((["lambada", "squad"], "--tasks squad: not available offline"),
+                           (["piqa"], "--tasks piqa: not available offline"),
+                           (["nosuchtask"], "--tasks nosuchtask: unknown task"),
+                           ([], "--tasks is required unless --load-dictionary is given")):
+        result = run("filter_ngrams.py", *(["--tasks", *tasks] if tasks else []), *output, check=False)
+        assert result.returncode == 1 and result.stderr.strip().count("\n") == 0, result.stderr
+        assert message in result.stderr and "Traceback" not in result.stderr, result.stderr
+        if "offline" in message or "unknown" in message:
+            assert "lambada (--lambada-path)" in result.stderr  # the supported tasks are listed
+    assert not (tmp_path / "o.json").exists()
 
 
 @pytest.mark.slow
