@@ -49,25 +49,52 @@ def loss_func(loss_mask, sentence_order, output_tensor):
     return loss, {"lm loss": lm_loss.detach(), "sop loss": sop_loss.detach()}
 
 
-def vocab_parallel_argmax(logits, pg):
-    """Argmax over the whole vocabulary of vocab-parallel logits ``[..., v/tp]`` (lowest id on ties)."""
+def vocab_parallel_argmax(logits, pg, vocab_size=None):
+    """Argmax over the whole vocabulary of vocab-parallel logits ``[..., v/tp]``: the id a one-process
+    argmax over the full logits gives, the lowest on ties (every rank gets it).
+
+    Ids from ``vocab_size`` on are the rows padded for tensor parallelism (their number depends on the
+    TP size) and are never predicted, so the accuracy does not depend on the layout.
+    """
     import torch
 
-    local_max, local_arg = logits.max(dim=-1)
+    partition = logits.shape[-1]
+    if vocab_size is not None:
+        logits = logits[..., :max(0, min(partition, vocab_size - pg.tp_rank * partition))]
+    if logits.shape[-1]:
+        local_max, local_arg = logits.max(dim=-1)  # the first maximum within the shard
+    else:  # a shard holding only padding rows: it never wins (rank 0 always holds real ids)
+        local_max = logits.new_full(logits.shape[:-1], float("-inf"))
+        local_arg = torch.zeros(logits.shape[:-1], dtype=torch.long, device=logits.device)
     if pg.tensor_model_parallel_size == 1:
         return local_arg
     import torch.distributed as dist
 
+    # fp32 holds fp16/bf16 maxima exactly (same order, same ties), so the gather needs no half-precision support.
+    local_max = local_max.float().contiguous()
     maxima = [torch.empty_like(local_max) for _ in range(pg.tensor_model_parallel_size)]
     args = [torch.empty_like(local_arg) for _ in range(pg.tensor_model_parallel_size)]
-    dist.all_gather(maxima, local_max.contiguous(), group=pg.tp)
-    dist.all_gather(args, (local_arg + pg.tp_rank * logits.shape[-1]).contiguous(), group=pg.tp)
-    best_rank = torch.stack(maxima).argmax(dim=0)  # first rank holding the maximum
+    dist.all_gather(maxima, local_max, group=pg.tp)
+    dist.all_gather(args, (local_arg + pg.tp_rank * partition).contiguous(), group=pg.tp)
+    best_rank = torch.stack(maxima).argmax(dim=0)  # first rank holding the maximum: its ids are the lowest
     return torch.stack(args).gather(0, best_rank.unsqueeze(0)).squeeze(0)
 
 
-def mlperf_loss_func(loss_mask, lm_labels, next_sentence, output_tensor):
-    """MLPerf's metrics beside the losses: masked-LM accuracy (its target metric) and NSP accuracy."""
+def true_vocab_size(args):
+    """The tokenizer's vocabulary (or ``--vocab-size``) without the tensor-parallel padding; None if unknown."""
+    from megatron import global_vars
+
+    tokenizer = global_vars._GLOBAL_TOKENIZER
+    if tokenizer is not None:
+        return tokenizer.vocab_size
+    if getattr(args, "vocab_size", None):
+        return args.vocab_size + (getattr(args, "vocab_extra_ids", 0) or 0)
+    return None
+
+
+def mlperf_loss_func(loss_mask, lm_labels, next_sentence, output_tensor, vocab_size=None):
+    """MLPerf's metrics beside the losses: masked-LM accuracy (its target metric; the argmax over the
+    ``vocab_size`` real ids, without the padding rows) and NSP accuracy."""
     from megatron.core.parallel_state import get_process_groups
     from megatron.core.tensor_parallel.cross_entropy import vocab_parallel_cross_entropy
 
@@ -75,7 +102,7 @@ def mlperf_loss_func(loss_mask, lm_labels, next_sentence, output_tensor):
     pg = get_process_groups()
     labels = lm_labels.clamp(min=0)
     lm_loss = masked_mean(vocab_parallel_cross_entropy(logits.float(), labels, 0.0, pg), loss_mask)
-    correct = (vocab_parallel_argmax(logits.detach(), pg) == labels).float()
+    correct = (vocab_parallel_argmax(logits.detach(), pg, vocab_size) == labels).float()
     stats = {"lm loss": lm_loss.detach(), "mlm acc": masked_mean(correct, loss_mask)}
     if nsp_logits is None:
         return lm_loss, stats
@@ -95,7 +122,8 @@ def forward_step(data_iterator, model):
     if get_args().data_impl == "tfrecord":
         # Logits rather than per-token losses: the masked-LM accuracy needs the predictions.
         output_tensor = model(tokens, padding_mask, tokentype_ids=types)
-        return output_tensor, partial(mlperf_loss_func, loss_mask, lm_labels, sentence_order)
+        return output_tensor, partial(mlperf_loss_func, loss_mask, lm_labels, sentence_order,
+                                      vocab_size=true_vocab_size(get_args()))
     output_tensor = model(tokens, padding_mask, tokentype_ids=types, lm_labels=lm_labels)
     return output_tensor, partial(loss_func, loss_mask, sentence_order)
 
