@@ -142,14 +142,19 @@ def get_optimizer_param_scheduler(optimizer, args):
         override_opt_param_scheduler=args.override_lr_scheduler)
 
 
-def setup_model_and_optimizer(model_provider: Callable, model_type, args, pg):
-    """Chunks, optimizer and scheduler; loads ``--load`` when given (sets ``args.iteration``)."""
+def setup_model_and_optimizer(model_provider: Callable, model_type, args, pg,
+                              scale_lr_cond: Optional[Callable] = None, lr_mult: float = 1.0):
+    """Chunks, optimizer and scheduler; loads ``--load`` when given (sets ``args.iteration``).
+
+    ``scale_lr_cond(name, param)`` selects parameters whose learning rate is multiplied by
+    ``lr_mult`` (as Megatron-LM's argument of the same name; e.g. ORQA's query tower)."""
     from megatron.config_from_args import optimizer_config_from_args
     from megatron.core.optimizer import get_megatron_optimizer
 
     model = get_model(model_provider, model_type, args, pg)
     optimizer = get_megatron_optimizer(optimizer_config_from_args(args), model, pg,
-                                       no_weight_decay_cond=_no_weight_decay)
+                                       no_weight_decay_cond=_no_weight_decay, scale_lr_cond=scale_lr_cond,
+                                       lr_mult=lr_mult)
     scheduler = get_optimizer_param_scheduler(optimizer, args)
     args.iteration = 0
     if args.load is not None:

@@ -39,6 +39,9 @@ def add_orqa_args(parser):
     group.add_argument("--question-seq-length", type=int, default=64,
                        help="Tokens of [CLS] question [SEP]; the reader reads question-seq-length + "
                             "retriever-seq-length - 1 tokens.")
+    group.add_argument("--retriever-lr-mult", type=float, default=1.0,
+                       help="Learning-rate multiplier of the query tower (the reader takes --lr): a small "
+                            "retriever fine-tuned at the reader's rate can lose its retrieval in an epoch.")
     group.add_argument("--orqa-random-retrieval", action="store_true",
                        help="Baseline: read --reader-beam-size random blocks with uniform p(z|x) instead of retrieving.")
     return parser
@@ -57,6 +60,8 @@ def check_orqa_args(args) -> None:
         raise ValueError(f"--reader-beam-size {args.reader_beam_size} must be positive")
     if args.max_span_width < 1:
         raise ValueError(f"--max-span-width {args.max_span_width} must be positive")
+    if not args.retriever_lr_mult >= 0.0:
+        raise ValueError(f"--retriever-lr-mult {args.retriever_lr_mult} must be >= 0")
     if args.pipeline_model_parallel_size != 1:
         raise ValueError(f"--pipeline-model-parallel-size {args.pipeline_model_parallel_size}: ORQA runs on one "
                          f"pipeline stage (use tensor or data parallelism)")
@@ -345,7 +350,9 @@ def _finetune(args, pg, train, eval_sets, evidence, report):
 
     check_save_dir(args.save)
     iters_per_epoch = _set_training_length(args, len(train))
-    model, optimizer, scheduler = setup_model_and_optimizer(model_provider, ModelType.encoder_or_decoder, args, pg)
+    model, optimizer, scheduler = setup_model_and_optimizer(
+        model_provider, ModelType.encoder_or_decoder, args, pg,
+        scale_lr_cond=lambda name, _: name.startswith("retriever."), lr_mult=args.retriever_lr_mult)
     if args.iteration == 0:
         print_rank_0(f"> ORQA starts from: {start_weights(model, args, pg)}")
         if hasattr(optimizer, "reload_model_params"):

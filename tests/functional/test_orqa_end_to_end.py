@@ -1,11 +1,13 @@
 """tasks/main.py --task ORQA / ORQA-EVAL end to end on tests/data/retrieval with a tiny ICT checkpoint:
 the evidence store keeps its bytes, the best epoch is saved and ORQA-EVAL reproduces it, data
 parallelism (and, slow, tensor parallelism) equals one process, bad inputs are one line."""
+import glob
 import hashlib
 import os
 import re
 
 import pytest
+import torch
 
 from test_create_doc_index import EVIDENCE, MODEL_ARGS, tiny_ict_checkpoint, vocab_file
 from test_training_lib import REPO, run_script
@@ -104,6 +106,34 @@ def test_two_tensor_parallel_ranks_equal_one_process(store, one_process):
         assert it1 == it2 and count1 == count2
         assert float(loss1) == pytest.approx(float(loss2), rel=1e-4, abs=1e-6)
     assert _metrics(two.stdout) == _metrics(one_process[0])
+
+
+def _saved_model(directory):
+    """The checkpoint's model tensors by dotted name (ICT nests them by module, ORQA keeps them flat)."""
+    path, = glob.glob(os.path.join(directory, "iter_*", "mp_rank_00", "model_optim_rng.pt"))
+
+    def flat(tree, prefix=""):
+        out = {}
+        for key, value in tree.items():
+            out.update(flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {prefix + key: value})
+        return out
+
+    return flat(torch.load(path, map_location="cpu", weights_only=False)["model"])
+
+
+def test_retriever_lr_mult_scales_only_the_query_tower(store, tmp_path):
+    """--retriever-lr-mult 0: one epoch moves the reader while the query tower keeps the ICT weights."""
+    save = str(tmp_path / "ckpt")
+    args = _finetune_args(store, "--retriever-lr-mult", "0", "--save", save, "--save-interval", "1000")
+    args[args.index("--epochs") + 1] = "1"
+    run_script("tasks/main.py", args)
+    ict, orqa = _saved_model(tiny_ict_checkpoint()), _saved_model(save)
+    tower = {k[len("retriever."):]: v for k, v in orqa.items() if k.startswith("retriever.")}
+    assert tower and all(torch.equal(v, ict[k]) for k, v in tower.items())
+    reader = {k[len("reader."):]: v for k, v in orqa.items() if k.startswith("reader.language_model.")}
+    start = "query_model." if any(k.startswith("query_model.") for k in ict) else "shared_model."
+    moved = [k for k, v in reader.items() if not torch.equal(v, ict[start + k])]
+    assert len(moved) > len(reader) // 2, f"only {len(moved)} of {len(reader)} reader tensors changed"
 
 
 def test_bad_inputs_are_one_line(store, tmp_path):
