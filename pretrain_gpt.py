@@ -8,7 +8,7 @@ from megatron.global_vars import get_args, get_timers, get_tokenizer
 from megatron.model_setup import device_batch
 from megatron.startup_checks import require_indexed_data
 from megatron.training import pretrain
-from megatron.utils import get_ltor_masks_and_position_ids, masked_mean, print_rank_0
+from megatron.utils import causal_lm_batch, masked_mean, print_rank_0
 
 
 def model_provider(pre_process=True, post_process=True):
@@ -25,15 +25,7 @@ def model_provider(pre_process=True, post_process=True):
 
 def get_batch(data_iterator):
     """tokens, labels (tokens shifted by one), loss mask, attention mask, position ids."""
-    args = get_args()
-    data = device_batch(next(data_iterator))
-    text = data["text"].long()
-    tokens, labels = text[:, :-1].contiguous(), text[:, 1:].contiguous()
-    tokenizer = get_tokenizer()
-    eod = getattr(tokenizer, "eod", None) if tokenizer is not None else None
-    attention_mask, loss_mask, position_ids = get_ltor_masks_and_position_ids(
-        tokens, eod, args.reset_position_ids, args.reset_attention_mask, args.eod_mask_loss)
-    return tokens, labels, loss_mask, attention_mask, position_ids
+    return causal_lm_batch(device_batch(next(data_iterator))["text"], get_tokenizer(), get_args())
 
 
 def loss_func(loss_mask, output_tensor):

@@ -16,7 +16,7 @@ from megatron.core.transformer import ModelType
 from megatron.global_vars import get_args, get_timers, get_tokenizer
 from megatron.model_setup import device_batch
 from megatron.training import pretrain
-from megatron.utils import get_ltor_masks_and_position_ids, masked_mean, print_rank_0
+from megatron.utils import causal_lm_batch, masked_mean, print_rank_0
 
 
 def tokenizer_pad_id(tokenizer) -> int:
@@ -49,14 +49,9 @@ def model_provider(pre_process=True, post_process=True):
 
 def get_batch(data_iterator):
     """tokens, labels, loss mask (tokens that are not padding, as NeMo), attention mask, positions, neighbours."""
-    args = get_args()
     data = device_batch(next(data_iterator))
-    text = data["text"].long()
-    tokens, labels = text[:, :-1].contiguous(), text[:, 1:].contiguous()
     tokenizer = get_tokenizer()
-    eod = getattr(tokenizer, "eod", None)
-    attention_mask, loss_mask, position_ids = get_ltor_masks_and_position_ids(
-        tokens, eod, args.reset_position_ids, args.reset_attention_mask, args.eod_mask_loss)
+    tokens, labels, loss_mask, attention_mask, position_ids = causal_lm_batch(data["text"], tokenizer, get_args())
     loss_mask = loss_mask * (tokens != tokenizer_pad_id(tokenizer)).float()
     return tokens, labels, loss_mask, attention_mask, position_ids, data["retrieved_ids"].long()
 

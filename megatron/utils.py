@@ -71,6 +71,18 @@ def get_ltor_masks_and_position_ids(data: torch.Tensor, eod_token: Optional[int]
     return attention_mask, loss_mask, position_ids
 
 
+
+def causal_lm_batch(text: torch.Tensor, tokenizer, args):
+    """(tokens, labels, loss_mask, attention_mask, position_ids) of a left-to-right LM batch: a
+    ``[b, s + 1]`` id tensor shifted by one, with Megatron's masks (``--reset-position-ids``,
+    ``--reset-attention-mask``, ``--eod-mask-loss``) at the tokenizer's end-of-document id."""
+    text = text.long()
+    tokens, labels = text[:, :-1].contiguous(), text[:, 1:].contiguous()
+    eod = getattr(tokenizer, "eod", None) if tokenizer is not None else None
+    attention_mask, loss_mask, position_ids = get_ltor_masks_and_position_ids(
+        tokens, eod, args.reset_position_ids, args.reset_attention_mask, args.eod_mask_loss)
+    return tokens, labels, loss_mask, attention_mask, position_ids
+
 def num_floating_point_operations(batch_size: int, seq_length: int, num_layers: int, hidden_size: int,
                                   padded_vocab_size: int, recompute: bool, *, num_attention_heads: Optional[int] = None,
                                   num_query_groups: Optional[int] = None, kv_channels: Optional[int] = None,

@@ -53,6 +53,13 @@ def read_prompts(path: str, max_prompt_tokens: int, tokenizer) -> list:
     return prompts
 
 
+def prompts_from_args(args, tokenizer) -> list:
+    """``--sample-input-file``'s prompts, or ``--num-samples`` unconditional ones (empty prompts)."""
+    if args.sample_input_file is None:
+        return [""] * args.num_samples
+    return read_prompts(args.sample_input_file, args.max_position_embeddings - 1, tokenizer)
+
+
 def check_args(args) -> None:
     from megatron.text_generation.cli import check_generation_layout, sampling_params_from_args
 
@@ -87,10 +94,7 @@ def main(argv=None) -> int:
         check_args(args)
         tokenizer = get_tokenizer()
         max_length = args.max_position_embeddings
-        if args.sample_input_file is not None:
-            prompts = read_prompts(args.sample_input_file, max_length - 1, tokenizer)
-        else:
-            prompts = [""] * args.num_samples
+        prompts = prompts_from_args(args, tokenizer)
         model = load_gpt_for_generation(args)
     except ValueError as error:
         print(f"{tool}: error: {error}", file=sys.stderr, flush=True)

@@ -84,7 +84,7 @@ def main(argv=None) -> int:
                                               write_genfile)
     from megatron.text_generation.retro import generate_retro
     from megatron.utils import print_rank_0
-    from tools.generate_samples_gpt import check_args, read_prompts
+    from tools.generate_samples_gpt import check_args, prompts_from_args
 
     args = initialize_megatron(add_args, GENERATION_DEFAULTS, argv=argv)
     tool = "generate_samples_retro.py"
@@ -92,10 +92,7 @@ def main(argv=None) -> int:
         check_args(args)
         tokenizer = get_tokenizer()
         max_length = args.max_position_embeddings
-        if args.sample_input_file is not None:
-            prompts = read_prompts(args.sample_input_file, max_length - 1, tokenizer)
-        else:
-            prompts = [""] * args.num_samples
+        prompts = prompts_from_args(args, tokenizer)
         retriever = build_retriever(args, tokenizer)
         args.no_load_optim = args.no_load_rng = True
         pg = parallel_state.get_process_groups()
